@@ -1,0 +1,156 @@
+"""Model files: parameters by dotted name plus one JSON metadata string, in a .npz.
+
+Written atomically (temporary file in the same directory, fsync, rename), read with
+``allow_pickle=False`` and validated: every way a file can be wrong is a ``ModelFileError``
+naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from models.module import Module, StateDictError
+from models.networks import build
+
+FORMAT = "digitgrad"
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file is missing, unreadable or does not fit."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Readers see the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def write_npz(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Atomically write ``arrays`` and ``meta`` (as JSON under ``__meta__``) to an .npz file."""
+    if META_KEY in arrays:
+        raise ValueError(f"array name {META_KEY!r} is reserved for the metadata")
+    payload = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    payload[META_KEY] = np.array(json.dumps(meta, sort_keys=True, allow_nan=False))
+    atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def read_npz(path) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays and JSON metadata of a file written by ``write_npz``; ModelFileError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "no such file" if not path.exists() else "not a regular file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ModelFileError(path, "not an .npz archive")
+            arrays = {name: archive[name] for name in archive.files}
+    except ModelFileError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ModelFileError(path, "contains pickled objects, which are refused "
+                                 "(allow_pickle=False); re-save it with models.save") from exc
+        raise ModelFileError(path, f"not a valid .npz file (truncated or corrupted: {exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise ModelFileError(path, f"not a valid .npz file (truncated or corrupted: {exc})") from exc
+    except Exception as exc:  # zlib.error and friends from a damaged archive
+        raise ModelFileError(path, f"not a valid .npz file ({type(exc).__name__}: {exc})") from exc
+    raw = arrays.pop(META_KEY, None)
+    if raw is None or raw.dtype.kind != "U" or raw.shape != ():
+        raise ModelFileError(path, f"no {FORMAT} metadata: not written by models.save")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(path, f"metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(path, f"metadata does not describe a {FORMAT} file")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(path, f"format version {version!r} is not supported by this "
+                             f"version of digitgrad (supports up to {FORMAT_VERSION})")
+    return arrays, meta
+
+
+def save(module: Module, path, metadata: dict | None = None) -> None:
+    """Write ``module``'s parameters, its architecture and ``metadata`` (JSON-able) to ``path``."""
+    if not hasattr(module, "config"):
+        raise TypeError(f"{type(module).__name__} has no config(); it cannot be rebuilt on load")
+    state = module.state_dict()
+    dtypes = {a.dtype.name for a in state.values()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "model",
+        "architecture": module.config(),
+        "dtype": dtypes.pop() if len(dtypes) == 1 else "float32",
+        "metadata": metadata or {},
+    }
+    write_npz(path, state, meta)
+
+
+def check_finite_floats(path, arrays: dict[str, np.ndarray]) -> None:
+    """Every array must be float32/float64 and hold no NaN or Inf."""
+    for name, array in arrays.items():
+        if array.dtype not in (np.float32, np.float64):
+            raise ModelFileError(path, f"{name} has dtype {array.dtype}; expected float32 or float64")
+        if not np.isfinite(array).all():
+            raise ModelFileError(path, f"{name} contains NaN or Inf values")
+
+
+def load(path) -> tuple[Module, dict]:
+    """The module saved at ``path`` (rebuilt from its architecture) and its metadata."""
+    arrays, meta = read_npz(path)
+    if meta.get("kind", "model") != "model":
+        raise ModelFileError(path, f"is a {meta.get('kind')} file, not a model")
+    dtype = meta.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise ModelFileError(path, f"unsupported parameter dtype {dtype!r}")
+    try:
+        module = build(meta.get("architecture"), dtype=np.dtype(dtype))
+    except ValueError as exc:
+        raise ModelFileError(path, str(exc)) from exc
+    check_finite_floats(path, arrays)
+    try:
+        module.load_state_dict(arrays, strict=True)
+    except StateDictError as exc:
+        message = str(exc).replace("state_dict", Path(path).name, 1)
+        raise ModelFileError(path, message) from exc
+    return module, meta.get("metadata", {})
