@@ -3,6 +3,7 @@
 from models.init import glorot_init, kaiming_init, zero_init
 from models.module import Module, ModuleList
 from models.networks import DeepNetwork, LinearNetwork, build
+from models.preprocessing import preprocessing_config, to_model_input
 from models.serialization import ModelFileError, load, save
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "glorot_init",
     "kaiming_init",
     "load",
+    "preprocessing_config",
     "save",
+    "to_model_input",
     "zero_init",
 ]
