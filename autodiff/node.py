@@ -41,7 +41,7 @@ def as_array(data, dtype=None) -> np.ndarray:
 
 
 class ComputationGraphNode:
-    """A value in the graph: ``.value`` (numpy array), ``.grad``, ``.require_grad``, ``.backward()``.
+    """A value in the graph: ``.value`` (numpy), ``.grad``, ``.require_grad``, ``.backward()``.
 
     Nodes built by an ``Operation`` remember the operation, their inputs and what the backward
     pass needs (saved at forward time). ``require_grad`` propagates from inputs to outputs.
@@ -212,7 +212,7 @@ class ComputationGraphNode:
 
 
 class Parameter(ComputationGraphNode):
-    """A trainable leaf: always requires grad; ``name`` is informative (modules name by attribute)."""
+    """A trainable leaf: always requires grad; ``name`` is informative only."""
 
     __slots__ = ("name",)
 

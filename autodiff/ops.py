@@ -1,4 +1,4 @@
-"""Operations: pure numpy ``forward``/``backward`` pairs, and ``Operation.__call__`` that records them.
+"""Operations: pure numpy ``forward``/``backward`` pairs; ``Operation.__call__`` records them.
 
 Each op's ``forward(*arrays, *params)`` returns ``(output, saved)``: what backward needs is kept
 from the forward pass, never recomputed. ``backward(saved, g, needs)`` returns one gradient per
@@ -28,7 +28,8 @@ def _lift(value, reference_dtype) -> ComputationGraphNode:
     if isinstance(value, ComputationGraphNode):
         return value
     if reference_dtype is not None and (
-        isinstance(value, (int, float)) or (isinstance(value, np.ndarray) and value.dtype.kind == "f")
+        isinstance(value, (int, float))
+        or (isinstance(value, np.ndarray) and value.dtype.kind == "f")
     ):
         return ComputationGraphNode(np.asarray(value, dtype=reference_dtype))
     return ComputationGraphNode(value)
@@ -376,7 +377,8 @@ class affine_transform(Operation):  # noqa: N801 - the lab's name
             )
         if b.shape[-1] != W.shape[1] or b.size != W.shape[1]:
             raise ValueError(
-                f"affine_transform: b must hold {W.shape[1]} values for W {W.shape}, got b {b.shape}"
+                f"affine_transform: b must hold {W.shape[1]} values for W {W.shape}, "
+                f"got b {b.shape}"
             )
         y = x @ W
         y += b
@@ -447,7 +449,7 @@ class log_softmax(Operation):  # noqa: N801 - lower case like the lab's nll
 
 
 class nll(Operation):  # noqa: N801 - the lab's name
-    """loss_i = -x[i, y_i] + logsumexp(x[i]) (per sample, x logits);  dx = (softmax - onehot) * g[:, None]"""
+    """loss_i = logsumexp(x_i) - x_i[y_i] (per sample);  dx = (softmax - onehot) * g[:, None]"""
 
     arity = 2
 

@@ -53,7 +53,7 @@ class SGD:
                 p.value += self._scaled_gradient(i, p)
 
     def zero_grad(self) -> None:
-        """Forget the parameters' gradients before the next backward (as in PyTorch, set to None)."""
+        """Forget the gradients before the next backward (set to None, as PyTorch does)."""
         for p in self.params:
             p.grad = None
 

@@ -71,7 +71,7 @@ class Module:
                     f"size mismatch for {name}: file {array.shape}, model {p.value.shape}"
                 )
             elif array.dtype.kind != "f":
-                problems.append(f"dtype mismatch for {name}: {array.dtype}, expected floating point")
+                problems.append(f"dtype mismatch for {name}: {array.dtype}, expected float")
         if problems:
             raise StateDictError(
                 f"Error(s) loading state_dict into {type(self).__name__}: " + "; ".join(problems)

@@ -23,6 +23,7 @@ from models.networks import build
 FORMAT = "digitgrad"
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
+DAMAGED = "not a valid .npz file: truncated or corrupted"
 
 
 class ModelFileError(ValueError):
@@ -78,21 +79,15 @@ def read_npz(path) -> tuple[dict[str, np.ndarray], dict]:
     if not path.is_file():
         raise ModelFileError(path, "no such file" if not path.exists() else "not a regular file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ModelFileError(path, "not an .npz archive")
-            arrays = {name: archive[name] for name in archive.files}
-    except ModelFileError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise ModelFileError(path, "contains pickled objects, which are refused "
-                                 "(allow_pickle=False); re-save it with models.save") from exc
-        raise ModelFileError(path, f"not a valid .npz file (truncated or corrupted: {exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise ModelFileError(path, f"not a valid .npz file (truncated or corrupted: {exc})") from exc
-    except Exception as exc:  # zlib.error and friends from a damaged archive
-        raise ModelFileError(path, f"not a valid .npz file ({type(exc).__name__}: {exc})") from exc
+        f = open(path, "rb")  # opened here so that it is closed even when numpy fails
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be read ({exc.strerror})") from exc
+    with f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise ModelFileError(path, "not an .npz archive (no zip signature at the start): "
+                                 "expected a model file written by models.save")
+        f.seek(0)
+        arrays = _read_members(path, f)
     raw = arrays.pop(META_KEY, None)
     if raw is None or raw.dtype.kind != "U" or raw.shape != ():
         raise ModelFileError(path, f"no {FORMAT} metadata: not written by models.save")
@@ -107,6 +102,22 @@ def read_npz(path) -> tuple[dict[str, np.ndarray], dict]:
         raise ModelFileError(path, f"format version {version!r} is not supported by this "
                              f"version of digitgrad (supports up to {FORMAT_VERSION})")
     return arrays, meta
+
+
+def _read_members(path, f) -> dict[str, np.ndarray]:
+    """Every array of the open archive ``f``, or a ModelFileError saying what is wrong."""
+    try:
+        with np.load(f, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ModelFileError(path, "contains pickled objects, which are refused "
+                                 "(allow_pickle=False); re-save it with models.save") from exc
+        raise ModelFileError(path, f"{DAMAGED} ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise ModelFileError(path, f"{DAMAGED} ({exc})") from exc
+    except Exception as exc:  # zlib.error and friends from a damaged archive
+        raise ModelFileError(path, f"not a valid .npz file ({type(exc).__name__}: {exc})") from exc
 
 
 def save(module: Module, path, metadata: dict | None = None) -> None:
@@ -130,7 +141,8 @@ def check_finite_floats(path, arrays: dict[str, np.ndarray]) -> None:
     """Every array must be float32/float64 and hold no NaN or Inf."""
     for name, array in arrays.items():
         if array.dtype not in (np.float32, np.float64):
-            raise ModelFileError(path, f"{name} has dtype {array.dtype}; expected float32 or float64")
+            raise ModelFileError(
+                path, f"{name} has dtype {array.dtype}; expected float32 or float64")
         if not np.isfinite(array).all():
             raise ModelFileError(path, f"{name} contains NaN or Inf values")
 

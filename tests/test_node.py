@@ -1,0 +1,214 @@
+"""Graph mechanics: reuse, diamonds, deep chains, where gradients flow, no_grad, seeding."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from autodiff import ComputationGraphNode, Operation, Parameter, TanH, is_grad_enabled, no_grad
+from autodiff import ops as ops_module
+from models import DeepNetwork
+
+
+def leaf(values, dtype=np.float64):
+    return ComputationGraphNode(np.array(values, dtype=dtype), require_grad=True)
+
+
+def test_x_plus_x_times_x():
+    """tinygrad's early bug: a node used twice must receive both contributions."""
+    x = leaf([1.0, 2.0, -3.0])
+    ((x + x) * x).backward()
+    np.testing.assert_allclose(x.grad, 4 * x.value)  # d(2x^2)/dx
+
+
+def test_a_times_a():
+    a = leaf(3.0)
+    (a * a).backward()
+    assert a.grad == 6.0
+
+
+def test_node_used_k_times():
+    x = leaf([2.0])
+    total = x
+    for _ in range(9):
+        total = total + x
+    (total * 1.0).backward()
+    np.testing.assert_allclose(x.grad, [10.0])
+
+
+class CountingTwice(Operation):
+    """y = 2x; counts how often backward runs."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(x):
+        return 2 * x, None
+
+    @staticmethod
+    def backward(saved, g, needs):
+        CountingTwice.calls += 1
+        return (2 * g,)
+
+
+def test_diamonds_are_linear_not_exponential():
+    """40 stacked diamonds: the lab's recursive backward would make 2**40 calls."""
+    CountingTwice.calls = 0
+    x = leaf(1.0)
+    node = x
+    for _ in range(40):
+        shared = CountingTwice()(node)
+        node = shared + shared  # both branches of the diamond use `shared`
+    node.backward()
+    assert CountingTwice.calls == 40
+    assert x.grad == pytest.approx(4.0**40)
+
+
+def test_ten_thousand_node_chain_has_no_recursion_limit():
+    x = leaf([1.0, 2.0])
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0 + 0.0
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, [1.0, 1.0])
+
+
+def test_gradient_accumulates_across_backward_calls_until_zero_grad():
+    x = leaf([1.0])
+    (x * 3.0).backward()
+    (x * 3.0).backward()
+    np.testing.assert_allclose(x.grad, [6.0])
+    x.zero_grad()
+    (x * 3.0).backward()
+    np.testing.assert_allclose(x.grad, [3.0])
+
+
+def test_inputs_without_require_grad_get_no_grad():
+    x = ComputationGraphNode(np.ones((2, 3)))
+    w = leaf(np.ones((3, 1)))
+    (x @ w).sum().backward()
+    assert x.grad is None
+    assert w.grad is not None
+
+
+def test_first_layer_does_not_compute_input_gradient(monkeypatch):
+    """The image batch needs no gradient: affine_transform.backward must skip dL/dx."""
+    seen = []
+    original = ops_module.affine_transform.backward
+
+    def spy(saved, g, needs):
+        grads = original(saved, g, needs)
+        seen.append((needs, grads[2] is None))
+        return grads
+
+    monkeypatch.setattr(ops_module.affine_transform, "backward", staticmethod(spy))
+    model = DeepNetwork(6, 3, 4, 2, rng=np.random.default_rng(0))
+    model(np.ones((5, 6), dtype=np.float32)).sum().backward()
+    first = seen[-1]  # backward runs from the output layer down to the first
+    assert first == ((True, True, False), True)
+    assert all(needs == (True, True, True) for needs, _ in seen[:-1])
+
+
+def test_branch_leading_only_to_constants_is_not_walked():
+    CountingTwice.calls = 0
+    constant = ComputationGraphNode(np.ones(3))
+    x = leaf(np.ones(3))
+    (CountingTwice()(constant) * x).sum().backward()
+    assert CountingTwice.calls == 0
+    np.testing.assert_allclose(x.grad, 2 * np.ones(3))
+
+
+def test_require_grad_propagates_from_inputs():
+    x = ComputationGraphNode(np.ones(2))
+    p = Parameter(np.ones(2))
+    assert not (x * 2.0).require_grad
+    assert (x * p).require_grad
+    assert p.require_grad and isinstance(p, ComputationGraphNode)
+
+
+def test_no_grad_records_nothing():
+    p = Parameter(np.ones(3))
+    assert is_grad_enabled()
+    with no_grad():
+        assert not is_grad_enabled()
+        y = TanH()(p * 2.0)
+    assert is_grad_enabled()
+    assert not y.require_grad and y.func is None and y.input_nodes == () and y.saved is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.backward()
+
+
+def test_no_grad_is_per_thread():
+    inside = threading.Event()
+    release = threading.Event()
+
+    def worker():
+        with no_grad():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait(5)
+    try:
+        assert is_grad_enabled()  # another thread's no_grad() does not leak here
+        assert (Parameter(np.ones(1)) * 2.0).require_grad
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_backward_seeds_ones_like_the_output():
+    x = leaf(np.ones((1, 5)))
+    y = x * np.arange(5.0)
+    y.backward()  # the lab calls c.backward() on a (1, 5) output
+    np.testing.assert_allclose(x.grad, np.arange(5.0).reshape(1, 5))
+
+
+def test_backward_rejects_a_gradient_of_the_wrong_shape():
+    x = leaf(np.ones((2, 3)))
+    y = x * 2.0
+    with pytest.raises(ValueError, match=r"\(3, 2\).*\(2, 3\)"):
+        y.backward(np.ones((3, 2)))
+
+
+def test_bad_op_gradient_shape_names_op_and_shapes():
+    class BadShape(Operation):
+        @staticmethod
+        def forward(x):
+            return x.copy(), None
+
+        @staticmethod
+        def backward(saved, g, needs):
+            return (g.sum(axis=0),)
+
+    x = leaf(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"BadShape.*\(3,\).*\(2, 3\)"):
+        BadShape()(x).backward()
+
+
+def test_float32_by_default_and_float64_kept():
+    assert ComputationGraphNode([1.0, 2.0]).value.dtype == np.float32
+    assert Parameter([[1.0]]).value.dtype == np.float32
+    assert ComputationGraphNode(np.ones(2)).value.dtype == np.float64
+    assert ComputationGraphNode([1, 2]).value.dtype.kind == "i"  # labels stay integers
+    with pytest.raises(TypeError, match="floating-point"):
+        ComputationGraphNode([1, 2], require_grad=True)
+
+
+def test_numpy_array_on_the_left_builds_a_node():
+    x = leaf(np.ones(3))
+    y = np.full(3, 2.0) * x
+    assert isinstance(y, ComputationGraphNode)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, np.full(3, 2.0))
+
+
+def test_properties_and_repr():
+    x = ComputationGraphNode(np.zeros((2, 3), dtype=np.float32))
+    assert x.shape == (2, 3) and x.ndim == 2 and x.dtype == np.float32 and len(x) == 2
+    assert x.T.shape == (3, 2)
+    assert "Parameter(name='w'" in repr(Parameter(np.zeros(2), name="w"))
+    assert str(ComputationGraphNode(np.array([1.5]))) == "[1.5]"

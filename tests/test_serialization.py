@@ -1,0 +1,191 @@
+"""Model files: exact round trips, atomic writes, and one clear error per way a file can be bad."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autodiff import no_grad
+from models import DeepNetwork, LinearNetwork, ModelFileError, load, save
+from models.serialization import META_KEY, atomic_write, read_npz, write_npz
+
+
+@pytest.fixture
+def model():
+    return DeepNetwork(20, 4, 8, 2, rng=np.random.default_rng(0))
+
+
+@pytest.fixture
+def saved(tmp_path, model) -> Path:
+    path = tmp_path / "model.npz"
+    save(model, path, {"preprocessing": {"mean": 0.1, "std": 0.3}, "note": "hello"})
+    return path
+
+
+def test_round_trip_is_bit_identical(model, saved):
+    loaded, metadata = load(saved)
+    assert type(loaded) is DeepNetwork and loaded.config() == model.config()
+    assert metadata == {"preprocessing": {"mean": 0.1, "std": 0.3}, "note": "hello"}
+    x = np.random.default_rng(1).random((5, 20), dtype=np.float32)
+    with no_grad():
+        np.testing.assert_array_equal(loaded(x).value, model(x).value)
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert n1 == n2 and p1.value.dtype == p2.value.dtype
+        np.testing.assert_array_equal(p1.value, p2.value)
+
+
+def test_float64_models_round_trip(tmp_path):
+    model = LinearNetwork(3, 2, dtype=np.float64)
+    save(model, tmp_path / "m.npz")
+    loaded, _ = load(tmp_path / "m.npz")
+    assert loaded.W.value.dtype == np.float64
+    np.testing.assert_array_equal(loaded.W.value, model.W.value)
+
+
+def test_file_holds_arrays_by_name_and_one_json_string(saved):
+    with np.load(saved, allow_pickle=False) as archive:
+        assert sorted(archive.files) == sorted(
+            [META_KEY, "layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b",
+             "layers.2.W", "layers.2.b"])
+        meta = json.loads(str(archive[META_KEY]))
+    assert meta["format"] == "digitgrad" and meta["format_version"] == 1
+    assert meta["architecture"]["class"] == "DeepNetwork"
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(saved):
+    before = saved.read_bytes()
+
+    def explode(f):
+        f.write(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(saved, explode)
+    assert saved.read_bytes() == before
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]  # no temp file left
+
+
+def test_save_over_an_existing_file_replaces_it(tmp_path, model):
+    path = tmp_path / "m.npz"
+    save(LinearNetwork(2, 2), path)
+    save(model, path)
+    assert type(load(path)[0]) is DeepNetwork
+
+
+# -- every way a file can be bad ------------------------------------------------------------
+def rewrite(path: Path, **changes):
+    """Re-save a model file with some arrays replaced (None deletes) or the meta changed."""
+    arrays, meta = read_npz(path)
+    meta.update(changes.pop("meta", {}))
+    for name, value in changes.items():
+        name = name.replace("__", ".")
+        if value is None:
+            del arrays[name]
+        else:
+            arrays[name] = value
+    write_npz(path, arrays, meta)
+
+
+def expect_error(path, *fragments):
+    with pytest.raises(ModelFileError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_missing_file(tmp_path):
+    expect_error(tmp_path / "nope.npz", "no such file")
+
+
+def test_truncated_file(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    expect_error(saved, "not a valid .npz file")
+
+
+def test_corrupted_file(saved):
+    data = bytearray(saved.read_bytes())
+    for i in range(200, 600):
+        data[i] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    expect_error(saved, "not a valid .npz file")
+
+
+def test_not_an_archive_at_all(tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_text("hello, I am text")
+    expect_error(path, "not an .npz archive")
+    np.save(path.with_suffix(".npy"), np.ones(3))
+    expect_error(path.with_suffix(".npy"), "not an .npz archive")
+
+
+def test_pickled_file_is_refused(tmp_path):
+    path = tmp_path / "model.npz"
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("layers.0.W.npy", buffer.getvalue())
+    expect_error(path, "pickled objects")
+
+
+def test_plain_npz_without_metadata(tmp_path, model):
+    path = tmp_path / "model.npz"
+    np.savez(path, **model.state_dict())
+    expect_error(path, "no digitgrad metadata")
+
+
+def test_wrong_keys(saved):
+    rewrite(saved, layers__2__b=None, bogus=np.zeros(2, np.float32))
+    expect_error(saved, "Error(s) loading model.npz into DeepNetwork", 'missing "layers.2.b"',
+                 'unexpected "bogus"')
+
+
+def test_wrong_shape(saved):
+    rewrite(saved, layers__0__W=np.zeros((20, 9), np.float32))
+    expect_error(saved, "size mismatch for layers.0.W: file (20, 9), model (20, 8)")
+
+
+def test_wrong_dtype(saved):
+    rewrite(saved, layers__0__b=np.zeros((1, 8), np.int32))
+    expect_error(saved, "layers.0.b has dtype int32; expected float32 or float64")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values(saved, bad):
+    arrays, _ = read_npz(saved)
+    w = arrays["layers.1.W"].copy()
+    w[2, 3] = bad
+    rewrite(saved, layers__1__W=w)
+    expect_error(saved, "layers.1.W contains NaN or Inf values")
+
+
+def test_unknown_architecture_and_future_version(saved):
+    rewrite(saved, meta={"architecture": {"class": "Transformer"}})
+    expect_error(saved, "unknown architecture")
+    rewrite(saved, meta={"format_version": 99})
+    expect_error(saved, "format version 99 is not supported")
+
+
+def test_invalid_json_metadata(saved):
+    arrays, _ = read_npz(saved)
+    np.savez(saved, **arrays, **{META_KEY: np.array("{not json")})
+    expect_error(saved, "metadata is not valid JSON")
+
+
+def test_checkpoint_kind_is_not_a_model(saved):
+    rewrite(saved, meta={"kind": "checkpoint"})
+    expect_error(saved, "is a checkpoint file, not a model")
+
+
+def test_metadata_must_be_json(tmp_path, model):
+    with pytest.raises(TypeError):
+        save(model, tmp_path / "m.npz", {"bad": object()})
+    assert not (tmp_path / "m.npz").exists()
