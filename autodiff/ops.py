@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autodiff.node import ComputationGraphNode, is_grad_enabled
+from autodiff.node import ComputationGraphNode, Parameter, is_grad_enabled
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -56,31 +56,44 @@ class Operation:
         n = self.arity
         if len(args) < n:
             raise TypeError(f"{type(self).__name__} takes {n} inputs, got {len(args)}")
-        reference = next(
-            (
-                a.value.dtype
-                for a in args[:n]
-                if isinstance(a, ComputationGraphNode) and a.value.dtype.kind == "f"
-            ),
-            None,
-        )
-        inputs = tuple(_lift(a, reference) for a in args[:n])
+        inputs = args[:n]
+        # this runs for every op of every step: the common case (all nodes) takes no detour
+        if not all(type(a) is Parameter or isinstance(a, ComputationGraphNode) for a in inputs):
+            inputs = _lift_all(inputs)
         try:
-            out, saved = self.forward(*(i.value for i in inputs), *args[n:])
+            out, saved = self.forward(*[i.value for i in inputs], *args[n:])
         except ValueError as exc:
-            name = type(self).__name__
-            message = str(exc)
-            if not message.startswith(name):
-                shapes = ", ".join(str(i.value.shape) for i in inputs)
-                message = f"{name}: {message} (input shapes {shapes})"
-            raise ValueError(message) from exc
-        node = ComputationGraphNode(np.asarray(out))  # reductions return numpy scalars
-        if is_grad_enabled() and any(i.require_grad for i in inputs):
-            node.require_grad = True
-            node.func = self
-            node.input_nodes = inputs
-            node.saved = saved
+            raise _named_error(self, inputs, exc) from exc
+        node = ComputationGraphNode(out if type(out) is np.ndarray else np.asarray(out))
+        if is_grad_enabled():
+            for i in inputs:
+                if i.require_grad:
+                    node.require_grad = True
+                    node.func = self
+                    node.input_nodes = inputs
+                    node.saved = saved
+                    break
         return node
+
+
+def _lift_all(inputs) -> tuple[ComputationGraphNode, ...]:
+    """Wrap constants as nodes; python numbers and float arrays take the graph's float dtype."""
+    reference = next(
+        (a.value.dtype for a in inputs
+         if isinstance(a, ComputationGraphNode) and a.value.dtype.kind == "f"),
+        None,
+    )
+    return tuple(_lift(a, reference) for a in inputs)
+
+
+def _named_error(op: Operation, inputs, exc: ValueError) -> ValueError:
+    """The error of a failed forward, prefixed with the op's name and the input shapes."""
+    name = type(op).__name__
+    message = str(exc)
+    if not message.startswith(name):
+        shapes = ", ".join(str(i.value.shape) for i in inputs)
+        message = f"{name}: {message} (input shapes {shapes})"
+    return ValueError(message)
 
 
 # -- elementwise arithmetic (numpy broadcasting; gradients reduced back with unbroadcast) -------
@@ -421,9 +434,13 @@ def _softmax_nll(x: np.ndarray, y: np.ndarray, op: str):
     if x.ndim != 2:
         raise ValueError(f"{op}: logits must be (N, classes), got shape {x.shape}")
     labels = _labels(y, x.shape[0], x.shape[1], op)
-    logp = _log_softmax(x, axis=1)
+    shifted = x - x.max(axis=1, keepdims=True)  # no exp overflows
+    probs = np.exp(shifted)
+    sums = probs.sum(axis=1, keepdims=True)
     rows = np.arange(x.shape[0])
-    return -logp[rows, labels], (np.exp(logp), rows, labels)
+    losses = np.log(sums[:, 0]) - shifted[rows, labels]
+    probs /= sums
+    return losses, (probs, rows, labels)
 
 
 def _softmax_minus_onehot(saved, scale) -> np.ndarray:
@@ -470,7 +487,7 @@ class cross_entropy(Operation):  # noqa: N801 - lower case like the lab's nll
     @staticmethod
     def forward(x, y):
         losses, saved = _softmax_nll(x, y, "cross_entropy")
-        return losses.mean(dtype=x.dtype), saved
+        return losses.sum() / max(len(losses), 1), saved
 
     @staticmethod
     def backward(saved, g, needs):
