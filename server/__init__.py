@@ -1,0 +1,5 @@
+"""The inference service: ``create_app()`` builds the Flask app around a saved model."""
+
+from server.app import StartupError, create_app
+
+__all__ = ["StartupError", "create_app"]

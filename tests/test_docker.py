@@ -24,7 +24,6 @@ from __future__ import annotations
 import glob
 import http.server
 import importlib.util
-import io
 import json
 import os
 import re
@@ -44,8 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from PIL import Image as PILImage
-from PIL import ImageDraw
+from drawing import digit_png
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -833,15 +831,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def digit_png() -> bytes:
-    """A hand-drawn-looking 7: dark ink on white paper, as a user would upload it."""
-    picture = PILImage.new("L", (200, 200), 255)
-    ImageDraw.Draw(picture).line([(50, 40), (150, 40), (90, 170)], fill=0, width=14)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
 
 
@@ -925,7 +914,7 @@ def test_image_serves_predictions_and_stops_cleanly(image, mounted_model):
         boundary = uuid.uuid4().hex
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
                 f'filename="digit.png"\r\nContent-Type: image/png\r\n\r\n').encode()
-        body += digit_png() + f"\r\n--{boundary}--\r\n".encode()
+        body += digit_png(200) + f"\r\n--{boundary}--\r\n".encode()
         status, raw = fetch("POST", f"{base}/predict", body,
                            f"multipart/form-data; boundary={boundary}")
         assert status == 200, raw[:500]

@@ -1,0 +1,292 @@
+"""Serving throughput and latency: gunicorn with the repo's config, on loopback, one run.
+
+Starts ``gunicorn --config gunicorn.conf.py "server:create_app()"`` on a free loopback port and
+drives it with C concurrent keep-alive clients (wrk when installed, else a bounded Python load
+generator), round robin over three requests so machine noise hits all alike:
+
+* ``GET /healthz``: the trivial JSON route of the same app and config, the ceiling;
+* ``POST /predict`` with a 28x28 PNG (an MNIST test digit when $MNIST_DIR is set);
+* ``POST /predict`` with a 400x300 photo-like JPEG (digit on grey, lit, noisy paper).
+
+It prints requests/s and p50/p99 latency per request (medians over the rounds), and the
+ratio of small-PNG /predict throughput to /healthz's. Targets: >= 0.60, p99 < 50 ms at 16.
+
+    python bench/serve.py [--model model.npz] [--concurrency 16] [--duration 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import io
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models import DeepNetwork, preprocessing_config, save  # noqa: E402
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+WRK_SCRIPT = """
+local path = os.getenv("BENCH_BODY")
+if path and path ~= "" then
+  local f = assert(io.open(path, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
+end
+"""
+
+
+def small_png() -> bytes:
+    """A 28x28 grayscale PNG: the first MNIST test digit, or a drawn 7 without MNIST."""
+    mnist = os.environ.get("MNIST_DIR")
+    path = Path(mnist or ".") / "t10k-images-idx3-ubyte.gz"
+    if mnist and path.is_file():
+        with gzip.open(path) as f:
+            pixels = np.frombuffer(f.read(16 + 784), np.uint8, offset=16).reshape(28, 28)
+        im = Image.fromarray(pixels)
+    else:
+        im = Image.new("L", (28, 28), 0)
+        ImageDraw.Draw(im).line([(7, 6), (21, 6), (12, 23)], fill=255, width=3)
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+    return out.getvalue()
+
+
+def photo_jpeg(seed: int = 0) -> bytes:
+    """400x300 RGB JPEG: a dark 7 on grey paper with a lighting gradient, noise and blur."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:300, 0:400]
+    paper = 190 + 35 * xx / 400 - 25 * yy / 300 + rng.normal(0, 5, (300, 400))
+    grey = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8))
+    im = Image.merge("RGB", (grey, grey, grey.point(lambda v: v * 0.95)))
+    draw = ImageDraw.Draw(im)
+    if FONT.is_file():
+        draw.text((150, 40), "7", fill=(45, 40, 55), font=ImageFont.truetype(str(FONT), 190))
+    else:
+        draw.line([(140, 70), (260, 70), (180, 250)], fill=(45, 40, 55), width=18)
+    im = im.filter(ImageFilter.GaussianBlur(1.2))
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, port: int, workdir: Path, workers: int | None):
+    env = dict(os.environ, MODEL_PATH=str(model), BIND=f"127.0.0.1:{port}",
+               PROMETHEUS_MULTIPROC_DIR=str(workdir / "prometheus"))
+    if workers:
+        env["WEB_CONCURRENCY"] = str(workers)
+    log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed by the caller
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
+         "server:create_app()"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gunicorn exited:\n{(workdir / 'gunicorn.log').read_text()}")
+        try:
+            with OPENER.open(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return process, log
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("gunicorn did not become ready within 60 s")
+
+
+def server_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU seconds of the gunicorn master and its workers so far (Linux /proc).
+
+    CPU per request is steadier than requests/s on a shared machine: other processes slow the
+    clock-time figures, much less the CPU each request costs.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a process that just exited
+        pid = int(stat.parent.name)
+        if pid == master_pid or int(fields[1]) == master_pid:  # fields[1] is the parent pid
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def parse_duration(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(url: str, body: Path | None, content_type: str, concurrency: int,
+            seconds: float, script: Path) -> dict:
+    env = dict(os.environ, BENCH_BODY=str(body or ""), BENCH_TYPE=content_type)
+    # one wrk thread: an event loop keeps 16 connections busy and leaves the cores to gunicorn
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(script), url],
+        env=env, capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"errors during the run of {url}:\n{out}")
+    latency = {p: parse_duration(v, unit)
+               for p, v, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rps": rps, "p50": latency["50"], "p99": latency["99"]}
+
+
+def run_python(url: str, body: Path | None, content_type: str, concurrency: int,
+               seconds: float, script: Path | None = None) -> dict:
+    """Bounded load generator: C threads, each one keep-alive connection, for ``seconds``.
+
+    Python clients cost CPU on the same machine (and the GIL), so figures are lower than
+    wrk's; the ratios between routes are what it is for.
+    """
+    del script
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    payload = body.read_bytes() if body else None
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        mine = []
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            if payload is None:
+                conn.request("GET", path)
+            else:
+                conn.request("POST", path, payload, {"Content-Type": content_type})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{url}: HTTP {response.status}")
+            mine.append(time.perf_counter() - start)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3
+    return {"rps": len(ms) / elapsed, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments and measure, with every file in a temporary directory."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path,
+                        help="model file (default: ./model.npz if present, else an untrained "
+                             "DeepNetwork(784, 10, 256, 2): inference costs the same)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, help="WEB_CONCURRENCY (default: the config's)")
+    parser.add_argument("--client", choices=["wrk", "python"],
+                        default="wrk" if shutil.which("wrk") else "python")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="digitgrad-bench-") as tmp:
+        return measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> int:
+    """Start gunicorn, run the rounds, print the table; files go to ``workdir``."""
+    model = args.model or (REPO / "model.npz")
+    if args.model is None and not model.is_file():
+        model = workdir / "model.npz"
+        network = DeepNetwork(784, 10, 256, 2, rng=np.random.default_rng(0))
+        save(network, model, {"preprocessing": preprocessing_config(0.1307, 0.3081)})
+        print("model: untrained DeepNetwork(784, 10, 256, 2) (no ./model.npz)")
+    else:
+        print(f"model: {model}")
+    png, jpeg = workdir / "digit28.png", workdir / "photo400x300.jpg"
+    png.write_bytes(small_png())
+    jpeg.write_bytes(photo_jpeg())
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    cases = [("GET /healthz", "/healthz", None, ""),
+             ("POST /predict 28x28 PNG", "/predict", png, "image/png"),
+             ("POST /predict 400x300 JPEG", "/predict", jpeg, "image/jpeg")]
+    run = run_wrk if args.client == "wrk" else run_python
+
+    load_before = os.getloadavg()[0]
+    port = free_port()
+    process, log = start_server(model, port, workdir, args.workers)
+    base = f"http://127.0.0.1:{port}"
+    results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
+    has_proc = Path(f"/proc/{process.pid}/stat").exists()
+    try:
+        for _name, path, body, content_type in cases:  # warm-up, and each must answer 200
+            run(base + path, body, content_type, args.concurrency, 1, script)
+        for _ in range(args.rounds):
+            for name, path, body, content_type in cases:
+                cpu = server_cpu_seconds(process.pid) if has_proc else 0.0
+                row = run(base + path, body, content_type, args.concurrency, args.duration,
+                          script)
+                cpu = server_cpu_seconds(process.pid) - cpu if has_proc else float("nan")
+                row["cpu_ms"] = 1e3 * cpu / (row["rps"] * args.duration)
+                results[name].append(row)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+    workers = args.workers or os.environ.get("WEB_CONCURRENCY") or "config default"
+    print(f"client: {args.client}, {args.concurrency} concurrent keep-alive connections, "
+          f"{args.rounds} rounds x {args.duration:g} s per request, gunicorn workers: {workers}, "
+          f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and "
+          f"{os.getloadavg()[0]:.1f} after (other processes skew clock-time figures)")
+    print(f"{'request':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18}"
+          "   (medians of rounds; req/s range)")
+    medians = {}
+    for name, rows in results.items():
+        medians[name] = {k: statistics.median(r[k] for r in rows)
+                         for k in ("rps", "p50", "p99", "cpu_ms")}
+        m = medians[name]
+        low, high = min(r["rps"] for r in rows), max(r["rps"] for r in rows)
+        print(f"{name:<28} {m['rps']:>9.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} "
+              f"{m['cpu_ms']:>18.3f}   {low:.0f}-{high:.0f}")
+    healthz, small = medians[cases[0][0]], medians[cases[1][0]]
+    ratio = small["rps"] / healthz["rps"]
+    worst_p99 = max(m["p99"] for m in medians.values())
+    print(f"small-PNG /predict throughput / /healthz throughput: {ratio:.2f} (target >= 0.60); "
+          f"by server CPU per request: {healthz['cpu_ms'] / small['cpu_ms']:.2f}")
+    print(f"worst p99: {worst_p99:.1f} ms (target < 50 ms at 16 clients)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""gunicorn settings for serving digitgrad in production; each setting says why.
+
+    gunicorn --config gunicorn.conf.py "server:create_app()"
+
+Environment: MODEL_PATH (model file, default model.npz), BIND or PORT (default 0.0.0.0:8000),
+WEB_CONCURRENCY (worker processes), GUNICORN_THREADS (threads per worker),
+PROMETHEUS_MULTIPROC_DIR (where workers share metrics; a private temporary directory if unset),
+and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES).
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# --- before numpy loads ---------------------------------------------------------------------
+# This file runs in the master before the app is imported. Each worker is one process doing
+# small matrix products: BLAS/OpenMP thread pools would only make the workers fight over the
+# cores (and a pool created in the preloading master does not survive fork safely).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+# prometheus_client picks multiprocess mode when it is imported, from this variable, so it
+# must be set now. Without it each worker would report only its own counts on /metrics.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _created = tempfile.mkdtemp(prefix="digitgrad-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created
+    _master = os.getpid()
+    # Removed when the master exits, also after a failed start (no on_exit hook then). Workers
+    # leave through sys.exit too and run atexit handlers: only the master may remove it.
+    atexit.register(lambda: os.getpid() == _master and shutil.rmtree(_created, True))
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+# --- where and how many ---------------------------------------------------------------------
+# BIND wins (e.g. "127.0.0.1:8080" or "unix:/run/digitgrad.sock"); else all interfaces on
+# $PORT, the convention of container platforms.
+bind = os.environ.get("BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset/cgroup cpusets
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# One worker per core: prediction is CPU-bound (decode, preprocessing, matrix products), so
+# more processes than cores only add switching. WEB_CONCURRENCY is the platforms' convention.
+workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
+# A few threads per worker: numpy and Pillow release the GIL while they compute, and a thread
+# waiting on a slow client's upload must not hold the whole worker.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+
+# --- time limits ----------------------------------------------------------------------------
+# A worker silent for this long is killed and replaced: the slowest legitimate request (a
+# full batch of 40 MP photos) takes a few seconds, a stuck one should not hold a slot forever.
+timeout = 30
+# On SIGTERM, in-flight requests get this long to finish before workers are killed; below the
+# usual 30 s between an orchestrator's SIGTERM and SIGKILL.
+graceful_timeout = 20
+# Keep idle client connections open this long: clients and proxies reuse them instead of a
+# new TCP handshake per prediction. Set above your load balancer's idle timeout if behind one.
+keepalive = 5
+
+# --- loading the app ------------------------------------------------------------------------
+# Load the app (and the model) once in the master, then fork: the model's arrays are shared
+# copy-on-write, workers start instantly, and a missing or invalid model stops the master at
+# once with one "Error: <file>: <problem>" line instead of workers crash-looping. The cost:
+# a new model file needs a restart, not a HUP.
+preload_app = True
+# The heartbeat file workers touch every few seconds: in memory, because a container's
+# overlay filesystem can stall those writes and get healthy workers killed.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn >= 25 opens a control socket in $HOME/.gunicorn by default: two servers on one
+# machine would collide on it, and a container's non-root user may have no writable home.
+control_socket_disable = True
+
+# --- logs -----------------------------------------------------------------------------------
+# Both to stdout/stderr, where containers and systemd collect them.
+accesslog = "-"
+errorlog = "-"
+# Client, request line, status, bytes, latency in milliseconds, worker pid: enough to find
+# slow requests and the worker that served them. No headers: they may carry credentials.
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms %(p)s'
+
+
+# --- hooks ----------------------------------------------------------------------------------
+def on_starting(server):
+    """Empty the metrics directory once per master start: counts from a previous run (whose
+    worker pids may be reused) must not be added to this one's. Not re-run on HUP reloads,
+    unlike this file's top level, so live workers keep their files. The app's metrics all
+    have labels, so preloading it wrote no files yet."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and name.endswith(".db"):
+            os.unlink(path)
+
+
+def child_exit(server, worker):
+    """Tell prometheus_client a worker is gone, so its live gauges stop being reported."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

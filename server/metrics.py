@@ -1,0 +1,89 @@
+"""Prometheus metrics of one app: requests, latency, predictions, rejections.
+
+Each app registers its metrics in its own ``CollectorRegistry``: tests build many apps in one
+process, and the global registry would refuse the second set of names. Under gunicorn,
+``PROMETHEUS_MULTIPROC_DIR`` switches prometheus_client to multiprocess mode: every worker
+writes its values to files there and a scrape merges them, so whichever worker answers
+/metrics reports the totals of all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+# Latency buckets around what this service does: ~1 ms for /healthz, a few ms for a small
+# PNG, tens of ms for a large photo, up to seconds for a batch of them.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client writes values to PROMETHEUS_MULTIPROC_DIR.
+
+    It decides once, when it is imported; asking it (rather than reading the environment now)
+    keeps exposition consistent with where the values really are.
+    """
+    return values.ValueClass is not values.MutexValue
+
+
+class Metrics:
+    """The service's metrics, registered in a registry private to one app."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        if multiprocess_mode():
+            # prometheus_client writes there but does not create it; a missing dir would turn
+            # the first request into a 500.
+            os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+        self.requests = Counter(
+            "digitgrad_http_requests", "HTTP requests answered, by method, route and status.",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "digitgrad_http_request_duration_seconds",
+            "Time from the request reaching Flask to the response leaving it, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.predictions = Counter(
+            "digitgrad_predictions", "Digits predicted (one per image, batches included).",
+            ["digit"], registry=self.registry,
+        )
+        self.rejections = Counter(
+            "digitgrad_rejections", "Images or requests refused, by error code.",
+            ["reason"], registry=self.registry,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        """Count one answered request and, when its start is known, its latency."""
+        self.requests.labels(method, route, str(status)).inc()
+        if seconds is not None:
+            self.latency.labels(route).observe(seconds)
+
+    def observe_prediction(self, digit: int) -> None:
+        """Count one predicted digit."""
+        self.predictions.labels(str(digit)).inc()
+
+    def observe_rejection(self, reason: str) -> None:
+        """Count one refused image or request, by its error code."""
+        self.rejections.labels(reason).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this app's values, or all workers' in multiprocess mode."""
+        if multiprocess_mode():
+            # A fresh registry per scrape, as prometheus_client documents: the collector reads
+            # every worker's files at collection time.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
