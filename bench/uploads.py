@@ -1,0 +1,282 @@
+"""Accuracy on realistic uploads, and what the upload path costs on MNIST itself.
+
+Two measurements, printed side by side in one run:
+
+* realistic uploads: digits rendered with the fonts of Debian's DejaVu, Liberation and
+  FreeFont packages, varied in size, position, rotation, stroke thickness, paper grey level,
+  lighting gradient and noise, polarity (dark-on-light and light-on-dark), transparency and
+  format (PNG, JPEG, WebP, transparent PNG), built deterministically from ``--seed``, then
+  read through ``server.imaging.to_mnist`` -> ``models.to_model_input`` -> the model;
+* MNIST round trip (when ``--mnist-dir`` or $MNIST_DIR holds the test files): the test images
+  encoded as 28x28 PNGs through ``to_mnist`` versus the arrays fed directly.
+
+    python bench/uploads.py --model model.npz [--count 2000] [--seed 0] [--mnist-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autodiff import no_grad  # noqa: E402
+from models import ModelFileError, load, to_model_input  # noqa: E402
+from server.imaging import ImageError, label, stroke_width, to_mnist  # noqa: E402
+
+FONT_DIRS = [Path("/usr/share/fonts/truetype") / name for name in
+             ("dejavu", "liberation", "freefont")]
+# DejaVu's math font has no upright text digits of its own style worth testing separately
+EXCLUDED_FONTS = {"DejaVuMathTeXGyre.ttf"}
+RENDER_SIZE = 160  # font size of the master rendering, before scaling to the upload
+
+
+@dataclass
+class Upload:
+    """One rendered upload: encoded bytes, the true digit, and what varied (for breakdowns)."""
+
+    data: bytes
+    label: int
+    tags: dict
+
+
+def fonts() -> list[Path]:
+    """The TrueType fonts installed by the Debian packages, in a stable order."""
+    found = sorted(p for d in FONT_DIRS if d.is_dir() for p in d.glob("*.ttf")
+                   if p.name not in EXCLUDED_FONTS)
+    if not found:
+        raise SystemExit("no fonts in " + ", ".join(map(str, FONT_DIRS)) +
+                         ": install fonts-dejavu-core, fonts-liberation and fonts-freefont-ttf")
+    return found
+
+
+def _pieces(mask: Image.Image) -> int:
+    """Connected pieces of ink (at half resolution, which is plenty to see a break)."""
+    half = np.asarray(mask.reduce(2)) > 100
+    return label(half)[1]
+
+
+def _glyph(digit: int, font_path: Path, rng: np.random.Generator) -> tuple[Image.Image, str, str]:
+    """The digit as an 'L' coverage mask (255 = ink), thinned or thickened, then rotated;
+    with the stroke and rotation categories."""
+    font = ImageFont.truetype(str(font_path), RENDER_SIZE)
+    left, top, right, bottom = font.getbbox(str(digit))
+    pad = RENDER_SIZE // 3
+    mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(mask).text((pad - left, pad - top), str(digit), fill=255, font=font)
+    # stroke: thin pen to fat marker, as a width relative to the glyph's height (MNIST's is
+    # about 0.1-0.15); reached by repeated 3x3 erosion or dilation of the master rendering
+    stroke = str(rng.choice(["thin", "regular", "regular", "thick"]))
+    if stroke != "regular":
+        target = (rng.uniform(0.03, 0.06) if stroke == "thin" else rng.uniform(0.15, 0.22))
+        width = stroke_width(np.asarray(mask) > 127)
+        steps = round((target * (bottom - top) - width) / 2)
+        grow = ImageFilter.MaxFilter(3) if steps > 0 else ImageFilter.MinFilter(3)
+        pieces = _pieces(mask)
+        for _ in range(abs(steps)):
+            changed = mask.filter(grow)
+            # a pen draws thin hairlines too: stop thinning before any stroke breaks apart
+            if steps < 0 and _pieces(changed) > pieces:
+                break
+            mask = changed
+    angle = float(rng.uniform(-15, 15))
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    box = mask.getbbox()
+    rotation = "<5deg" if abs(angle) < 5 else "5-10deg" if abs(angle) < 10 else "10-15deg"
+    return (mask.crop(box) if box else mask), stroke, rotation
+
+
+def render(digit: int, font_path: Path, rng: np.random.Generator) -> Upload:
+    """One upload of ``digit`` in ``font_path`` with randomly drawn conditions."""
+    glyph, stroke, rotation = _glyph(digit, font_path, rng)
+    width = int(rng.integers(48, 640))
+    height = int(np.clip(width * rng.uniform(0.6, 1.6), 40, 800))
+    fraction = rng.uniform(0.3, 0.9)  # digit height / image height
+    gh = max(8, int(height * fraction))
+    gw = max(2, int(glyph.width * gh / glyph.height))
+    if gw > 0.95 * width:  # keep the whole digit in the frame
+        gw = int(0.95 * width)
+        gh = max(8, int(glyph.height * gw / glyph.width))
+    glyph = glyph.resize((gw, gh), Image.Resampling.LANCZOS)
+    x = int(rng.integers(0, max(1, width - gw)))
+    y = int(rng.integers(0, max(1, height - gh)))
+    coverage = np.zeros((height, width), dtype=np.float32)
+    coverage[y:y + gh, x:x + gw] = np.asarray(glyph, dtype=np.float32)[:height - y, :width - x]
+    coverage /= 255.0
+
+    polarity = "dark-on-light" if rng.random() < 0.7 else "light-on-dark"
+    if polarity == "dark-on-light":
+        paper, ink = rng.uniform(150, 255), rng.uniform(0, 90)
+    else:
+        paper, ink = rng.uniform(0, 80), rng.uniform(170, 255)
+    fmt = str(rng.choice(["png", "jpeg", "jpeg", "webp", "transparent-png"]))
+    tags = {"font": font_path.stem, "stroke": stroke, "rotation": rotation, "polarity": polarity,
+            "format": fmt, "size": "small" if gh < 40 else "large"}
+
+    if fmt == "transparent-png":
+        # a canvas drawing: strokes of one colour, the rest fully transparent
+        rgba = np.zeros((height, width, 4), dtype=np.uint8)
+        rgba[..., :3] = int(ink)
+        rgba[..., 3] = np.rint(coverage * 255).astype(np.uint8)
+        return Upload(_encode(Image.fromarray(rgba, mode="RGBA"), "PNG"), digit, tags)
+
+    # lighting gradient across the page and sensor noise
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    slope = rng.uniform(-40, 40, size=2) / max(width, height)
+    background = paper + slope[0] * (xx - width / 2) + slope[1] * (yy - height / 2)
+    gray = background + (ink - background) * coverage
+    gray += rng.normal(0, rng.uniform(0, 10), size=gray.shape)
+    gray = np.clip(gray, 0, 255)
+    if rng.random() < 0.4:  # coloured ink or tinted paper: photos are RGB
+        tint = rng.uniform(0.85, 1.15, size=3)
+        image = Image.fromarray(np.clip(gray[..., None] * tint, 0, 255).astype(np.uint8), "RGB")
+    else:
+        image = Image.fromarray(gray.astype(np.uint8), mode="L")
+    if fmt == "jpeg":
+        data = _encode(image, "JPEG", quality=int(rng.integers(40, 95)))
+    elif fmt == "webp":
+        data = _encode(image, "WEBP", quality=int(rng.integers(50, 95)))
+    else:
+        data = _encode(image, "PNG")
+    return Upload(data, digit, tags)
+
+
+def _encode(image: Image.Image, fmt: str, **params) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def build_set(count: int, seed: int = 0) -> list[Upload]:
+    """``count`` uploads cycling through digits and fonts; the same seed gives the same bytes."""
+    rng = np.random.default_rng(seed)
+    available = fonts()
+    return [render(i % 10, available[(i // 10) % len(available)], rng) for i in range(count)]
+
+
+def predict(module, preprocessing: dict, images: np.ndarray) -> np.ndarray:
+    """Predicted digits for float (N, 28, 28) images in [0, 1]."""
+    with no_grad():
+        logits = module(to_model_input(images, preprocessing)).value
+    return logits.argmax(axis=1)
+
+
+def evaluate_uploads(module, preprocessing: dict, uploads: list[Upload]):
+    """(predictions with -1 where to_mnist refused, seconds spent in to_mnist)."""
+    images = np.zeros((len(uploads), 28, 28), dtype=np.float32)
+    refused = np.zeros(len(uploads), dtype=bool)
+    start = time.perf_counter()
+    for i, upload in enumerate(uploads):
+        try:
+            images[i] = to_mnist(upload.data)
+        except ImageError:
+            refused[i] = True
+    seconds = time.perf_counter() - start
+    predicted = predict(module, preprocessing, images)
+    predicted[refused] = -1
+    return predicted, seconds
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An MNIST IDX file (gzipped or not) as a numpy array."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def mnist_roundtrip(module, preprocessing: dict, directory: Path, limit: int | None) -> dict:
+    """Accuracy on the MNIST test set fed directly and uploaded as 28x28 PNGs."""
+    images_path = _find(directory, "t10k-images-idx3-ubyte")
+    labels_path = _find(directory, "t10k-labels-idx1-ubyte")
+    if images_path is None or labels_path is None:
+        raise SystemExit(f"no t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz) "
+                         f"in {directory}")
+    images = read_idx(images_path)[:limit]
+    labels = read_idx(labels_path)[:limit]
+    direct = predict(module, preprocessing, images.astype(np.float32) / 255.0)
+    uploads = [Upload(_encode(Image.fromarray(x, mode="L"), "PNG"), int(y), {})
+               for x, y in zip(images, labels)]
+    uploaded, seconds = evaluate_uploads(module, preprocessing, uploads)
+    return {"n": len(labels), "direct": float(np.mean(direct == labels)),
+            "uploaded": float(np.mean(uploaded == labels)),
+            "changed": int(np.sum(direct != uploaded)), "ms": 1000 * seconds / len(labels)}
+
+
+def breakdown(uploads: list[Upload], predicted: np.ndarray) -> dict[str, dict[str, tuple]]:
+    """Accuracy per value of each tag: {tag: {value: (correct, total)}}."""
+    table: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for upload, guess in zip(uploads, predicted):
+        for tag, value in list(upload.tags.items()) + [("digit", str(upload.label))]:
+            cell = table[tag][value]
+            cell[0] += int(guess == upload.label)
+            cell[1] += 1
+    return {tag: {v: tuple(c) for v, c in sorted(values.items())} for tag, values in table.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="model.npz", help="model file (default model.npz)")
+    parser.add_argument("--count", type=int, default=2000, help="realistic uploads to render")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mnist-dir", default=os.environ.get("MNIST_DIR"),
+                        help="directory with the MNIST test files (default $MNIST_DIR)")
+    parser.add_argument("--mnist-limit", type=int, default=None,
+                        help="use only the first N MNIST test images")
+    parser.add_argument("--by", default="format,polarity,stroke,rotation,size,digit,font",
+                        help="comma-separated breakdowns to print")
+    args = parser.parse_args(argv)
+
+    try:
+        module, metadata = load(args.model)
+    except ModelFileError as exc:
+        raise SystemExit(f"{exc} (train one with `python -m trainer --out {args.model}`)") from None
+    preprocessing = metadata.get("preprocessing")
+    print(f"model {args.model}: {module!r}")
+
+    if args.mnist_dir:
+        r = mnist_roundtrip(module, preprocessing, Path(args.mnist_dir), args.mnist_limit)
+        print(f"MNIST test ({r['n']}): arrays {100 * r['direct']:.2f}%  "
+              f"as 28x28 PNG via to_mnist {100 * r['uploaded']:.2f}%  "
+              f"difference {100 * (r['direct'] - r['uploaded']):+.2f} points  "
+              f"({r['changed']} predictions changed, {r['ms']:.2f} ms/image)")
+    else:
+        print("MNIST round trip skipped: pass --mnist-dir or set MNIST_DIR")
+
+    start = time.perf_counter()
+    uploads = build_set(args.count, args.seed)
+    render_s = time.perf_counter() - start
+    predicted, seconds = evaluate_uploads(module, preprocessing, uploads)
+    labels = np.array([u.label for u in uploads])
+    refused = int(np.sum(predicted == -1))
+    print(f"realistic uploads ({len(uploads)}, seed {args.seed}): "
+          f"{100 * np.mean(predicted == labels):.2f}% correct, {refused} refused  "
+          f"(rendered in {render_s:.1f} s, to_mnist {1000 * seconds / len(uploads):.2f} ms/image)")
+    table = breakdown(uploads, predicted)
+    for tag in [t for t in args.by.split(",") if t in table]:
+        cells = "  ".join(f"{v} {100 * c / n:.1f}% ({n})" for v, (c, n) in table[tag].items())
+        print(f"  by {tag}: {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
