@@ -1,0 +1,144 @@
+"""Per-epoch training time of our trainer vs PyTorch (CPU), same MLP, same batches, one thread each.
+
+    python bench/train_vs_torch.py [--data-dir DIR] [--repeats 5] [--batch-size 64]
+
+Epochs of ours and of torch alternate in one process (ours first on even rounds, torch first on
+odd ones), so that machine noise hits both alike; the medians and their ratio are printed.
+Ours is ``trainer.loop.train_epoch``, exactly what ``python -m trainer`` runs; torch gets the
+same permutation and the same float32 arrays. torch is an optional benchmark dependency
+(``pip install torch==2.13.0``): without it the benchmark says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from models import preprocessing_config  # noqa: E402
+from trainer.data import DataError, load_mnist  # noqa: E402
+from trainer.loop import (  # noqa: E402
+    StopFlag,
+    TrainConfig,
+    TrainState,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    prepare,
+    train_epoch,
+)
+from trainer.report import Progress  # noqa: E402
+
+
+def torch_epoch(torch, net, optimizer, loss_fn, x, y, batch_size: int, order: np.ndarray) -> None:
+    """One epoch of the textbook PyTorch loop over the same shuffled batches."""
+    xs = torch.from_numpy(x[order])
+    ys = torch.from_numpy(y[order])
+    for start in range(0, len(order), batch_size):
+        xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        optimizer.step()
+
+
+def build_torch(torch, config: TrainConfig):
+    layers, width = [], 784
+    for _ in range(config.layers):
+        layers += [torch.nn.Linear(width, config.hidden_dim), torch.nn.ReLU()]
+        width = config.hidden_dim
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    return net, optimizer, torch.nn.CrossEntropyLoss()
+
+
+def bench(torch, data, config: TrainConfig, repeats: int) -> tuple[float, float]:
+    """Median seconds per epoch: (ours, torch)."""
+    model = build_model(config)
+    optimizer = build_optimizer(model, config)
+    schedule = build_schedule(config, -(-len(data.train_y) // config.batch_size))
+    state, quiet, stop = TrainState(), Progress(quiet=True), StopFlag()
+    torch.manual_seed(config.seed)
+    net, torch_optimizer, loss_fn = build_torch(torch, config)
+    ours, theirs = [], []
+
+    def run_ours():
+        start = time.perf_counter()
+        train_epoch(model, optimizer, data, config, schedule, state, quiet, stop)
+        ours.append(time.perf_counter() - start)
+        state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
+
+    def run_torch(epoch: int):
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train_y))
+        start = time.perf_counter()
+        torch_epoch(torch, net, torch_optimizer, loss_fn, data.train_x, data.train_y,
+                    config.batch_size, order)
+        theirs.append(time.perf_counter() - start)
+
+    run_ours()  # warm-up epoch for both (allocator, caches), not timed in the medians
+    run_torch(0)
+    ours.clear()
+    theirs.clear()
+    for r in range(repeats):
+        if r % 2 == 0:
+            run_ours()
+            run_torch(r + 1)
+        else:
+            run_torch(r + 1)
+            run_ours()
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="MNIST IDX files (default: $MNIST_DIR or the cache)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per framework")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=None, help="images per epoch")
+    args = parser.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("skipped: torch is not installed (pip install torch==2.13.0 for this benchmark)")
+        return 0
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("skipped: threadpoolctl is not installed (pip install 'digitgrad[bench]')")
+        return 0
+    try:
+        mnist = load_mnist(args.data_dir)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    train = mnist.train
+    if args.train_size:
+        train = type(train)(train.images[: args.train_size], train.labels[: args.train_size])
+    pre = preprocessing_config(float(train.images.mean()), float(train.images.std()))
+    data = prepare(train, mnist.val, pre, augment=False)
+    torch.set_num_threads(1)
+    configs = [("default MLP", TrainConfig(batch_size=args.batch_size)),
+               ("784-100-100-10", TrainConfig(batch_size=args.batch_size, hidden_dim=100,
+                                              layers=2))]
+    print(f"{len(train):,} images per epoch, batch {args.batch_size}, momentum SGD, one thread "
+          f"each, median of {args.repeats} epochs; torch {torch.__version__}, numpy "
+          f"{np.__version__}")
+    with threadpool_limits(1):
+        for name, config in configs:
+            ours, theirs = bench(torch, data, config, args.repeats)
+            shape = "-".join(["784"] + [str(config.hidden_dim)] * config.layers + ["10"])
+            label = name if name != "default MLP" else f"default MLP {shape}"
+            print(f"{label:<28} ours {ours:6.3f} s/epoch   torch {theirs:6.3f} s/epoch   "
+                  f"ratio ours/torch {ours / theirs:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

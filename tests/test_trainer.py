@@ -1,0 +1,392 @@
+"""The trainer: CLI, training loop, checkpoints and resume, divergence, outputs.
+
+Most tests train a small network on a generated, learnable digit-like data set (always
+available, a second or two each); one trains on the first 10,000 real MNIST images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import pickle
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trainer.__main__ as cli
+from autodiff import ComputationGraphNode, no_grad
+from models import load, to_model_input
+from trainer.augment import AugmentConfig, augment_batch, warp
+from trainer.data import FILES, encode_idx, load_mnist
+from trainer.loop import CHECKPOINT_NAME, load_checkpoint, prefetch
+from trainer.report import Progress, confusion_matrix, per_class_accuracy
+from trainer.schedule import LRSchedule
+
+N_TRAIN = 10_400  # the last 10,000 become the validation set
+
+
+def synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Ten fixed random stroke patterns, one per class, with noise: learnable in one epoch."""
+    templates = np.random.default_rng(1234).random((10, 28, 28)) < 0.15
+    labels = rng.integers(0, 10, n)
+    images = templates[labels] * rng.uniform(150, 255, (n, 1, 1)) + rng.uniform(0, 60, (n, 28, 28))
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """The four IDX files of a small synthetic MNIST."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("synth"), seed=0)
+
+
+def write_synthetic_mnist(directory: Path, seed: int) -> Path:
+    """IDX files of synthetic digits (10,400 training, 500 test images) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    parts = {"train": synthetic_digits(N_TRAIN, rng), "test": synthetic_digits(500, rng)}
+    for role, (name, _, _) in FILES.items():
+        part, kind = role.split("_")
+        array = parts[part][0 if kind == "images" else 1]
+        (directory / f"{name}.gz").write_bytes(gzip.compress(encode_idx(array), compresslevel=1))
+    return directory
+
+
+def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
+        ckpt: str = "ckpt") -> int:
+    """main() on small defaults, writing into tmp_path."""
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / out),
+            "--checkpoint-dir", str(tmp_path / ckpt), "--hidden-dim", "32", "--layers", "1",
+            "--train-size", "400", "--batch-size", "32", *flags]
+    return cli.main(argv)
+
+
+def arrays_of(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files if k != "__meta__"}
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name, strict=True)
+
+
+# -- schedules ---------------------------------------------------------------------------------
+def test_constant_schedule_with_warmup():
+    s = LRSchedule("constant", 0.1, total_steps=100, steps_per_epoch=10, warmup_steps=4)
+    assert [s(i) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    assert s(99) == 0.1
+
+
+def test_step_schedule_decays_every_n_epochs():
+    s = LRSchedule("step", 1.0, total_steps=100, steps_per_epoch=10, step_epochs=3, gamma=0.5)
+    assert [s(0), s(29), s(30), s(60), s(99)] == pytest.approx([1, 1, 0.5, 0.25, 0.125])
+
+
+def test_cosine_schedule_runs_from_peak_to_zero():
+    s = LRSchedule("cosine", 0.2, total_steps=110, steps_per_epoch=10, warmup_steps=10)
+    assert s(10) == pytest.approx(0.2)
+    assert s(60) == pytest.approx(0.1)
+    assert s(110) == pytest.approx(0.0)
+    values = [s(i) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        LRSchedule("linear", 0.1, 10, 1)
+
+
+# -- augmentation ------------------------------------------------------------------------------
+def test_augment_keeps_shape_range_and_is_reproducible():
+    images = synthetic_digits(16, np.random.default_rng(0))[0] / np.float32(255)
+    a = augment_batch(images, np.random.default_rng(5))
+    b = augment_batch(images, np.random.default_rng(5))
+    assert a.shape == images.shape and a.dtype == np.float32
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, images)
+
+
+def test_identity_warp_changes_nothing():
+    images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
+    cfg = AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), thickness_probability=0)
+    np.testing.assert_allclose(augment_batch(images, np.random.default_rng(0), cfg), images,
+                               atol=1e-6)
+
+
+def test_warp_shifts_content():
+    image = np.zeros((1, 28, 28), dtype=np.float32)
+    image[0, 10, 10] = 1.0
+    rows, cols = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
+    moved = warp(image, rows[None] - 2, cols[None] + 3)  # output (r, c) reads source (r-2, c+3)
+    assert moved[0, 12, 7] == pytest.approx(1.0)
+    assert moved.sum() == pytest.approx(1.0)
+
+
+def test_prefetch_keeps_order_and_stops_when_closed():
+    assert list(prefetch(lambda i: i * i, range(2, 6))) == [4, 9, 16, 25]
+    assert list(prefetch(lambda i: i, range(3, 3))) == []
+    made = []
+    batches = prefetch(lambda i: made.append(i) or i, range(100))
+    assert next(batches) == 0
+    batches.close()
+    assert made == [0, 1]  # the batch being prepared when the loop stopped, and no more
+
+
+# -- reports -----------------------------------------------------------------------------------
+def test_confusion_and_per_class_accuracy():
+    confusion = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), classes=4)
+    assert confusion[0].tolist() == [1, 1, 0, 0]
+    assert per_class_accuracy(confusion) == [0.5, 1.0, 1.0, 0.0]
+
+
+def test_progress_bar_on_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(stream=stream, bar=True)
+    progress.epoch_start(1, 3, batches=40)
+    for _ in range(40):
+        progress.batch_end(0.5, 32)
+    assert progress._bar.n == 40 and "img_s=" in progress._bar.postfix  # tqdm redraws lazily
+    row = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "val_loss": 0.4,
+           "val_accuracy": 0.91, "lr": 0.1, "seconds": 1.0, "images_per_second": 1280.0}
+    progress.epoch_end(row, 3, best=True)
+    text = stream.getvalue()
+    assert "epoch 1/3:" in text and "/40 [" in text
+    assert text.rstrip().endswith("1,280 img/s  *")
+
+
+# -- CLI usage errors: one line on stderr, exit status 2 ------------------------------------------
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "--epochs: must be a positive integer"),
+        (["--lr", "-1"], "--lr: must be in (0, inf)"),
+        (["--lr", "abc"], "--lr: invalid number value"),
+        (["--momentum", "1.5"], "--momentum: must be in [0, 1)"),
+        (["--activation", "gelu"], "--activation: invalid choice"),
+        (["--schedule", "linear"], "--schedule: invalid choice"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--data-dir", "{tmp}/none", "--no-download"], "MNIST not found in"),
+        (["--data-dir", "{tmp}", "--data-file", "{tmp}/x.pkl.gz"], "either --data-dir or"),
+        (["--data-file", "{tmp}/missing.pkl.gz"], "no such file"),
+        (["--resume"], "no checkpoint at"),
+        (["--out", "{tmp}"], "is a directory"),
+        (["--train-size", "999999", "--data-dir", "{synth}"], "exceeds the 400 training images"),
+        (["--help-me"], "unrecognized arguments"),
+        (["--threads", "-1"], "--threads: must be >= 0"),
+        (["--checkpoint-dir", "{synth}/t10k-labels-idx1-ubyte.gz"], "--checkpoint-dir"),
+    ],
+)
+def test_usage_errors(tmp_path, capsys, synth_dir, flags, message):
+    argv = [f.format(tmp=tmp_path, synth=synth_dir) for f in flags]
+    if "--checkpoint-dir" not in argv:
+        argv += ["--checkpoint-dir", str(tmp_path / "ck")]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "m.npz")]
+    assert exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def exit_status(argv: list[str]) -> int:
+    """main()'s return value, or the status argparse exits with."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+# -- training runs -----------------------------------------------------------------------------
+def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):
+    assert run(tmp_path, synth_dir, "--epochs", "2") == 0
+    out = capsys.readouterr().out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and epoch_lines[0].startswith("epoch 1/2  loss ")
+    assert "\r" not in out  # no progress bar redraws when stdout is not a terminal
+    assert "confusion matrix" in out and "test accuracy" in out
+
+    model, meta = load(tmp_path / "model.npz")
+    assert set(meta) >= {"preprocessing", "training", "metrics", "data", "created",
+                         "digitgrad_version"}
+    assert meta["training"]["epochs_run"] == 2 and meta["training"]["hidden_dim"] == 32
+    assert meta["metrics"]["test_accuracy"] > 0.9
+    assert len(meta["metrics"]["per_class_accuracy"]) == 10
+    assert meta["data"] == load_mnist(synth_dir).checksums
+    assert meta["created"].endswith("+00:00")
+
+    rows = (tmp_path / "model.metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr")
+    assert len(rows) == 3
+    report = json.loads((tmp_path / "model.report.json").read_text())
+    assert np.array(report["confusion_matrix"]).sum() == 500
+    assert report["test_accuracy"] == meta["metrics"]["test_accuracy"]
+
+
+def test_quiet_prints_nothing(tmp_path, synth_dir, capsys):
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_same_seed_gives_identical_arrays(tmp_path, synth_dir):
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert run(tmp_path, synth_dir, "--epochs", "2", "--seed", seed, "--augment", "--quiet",
+                   out=f"{name}.npz", ckpt=f"ck_{name}") == 0
+    assert_same_arrays(arrays_of(tmp_path / "a.npz"), arrays_of(tmp_path / "b.npz"))
+    assert not np.array_equal(arrays_of(tmp_path / "a.npz")["layers.0.W"],
+                              arrays_of(tmp_path / "c.npz")["layers.0.W"])
+
+
+def test_resume_after_two_epochs_equals_four_straight(tmp_path, synth_dir):
+    common = ("--schedule", "step", "--lr-step-epochs", "2", "--quiet")
+    assert run(tmp_path, synth_dir, "--epochs", "4", *common, out="straight.npz",
+               ckpt="ck_straight") == 0
+    assert run(tmp_path, synth_dir, "--epochs", "2", *common, out="two.npz", ckpt="ck_two") == 0
+    assert run(tmp_path, synth_dir, "--resume", "--epochs", "4", "--quiet", out="two.npz",
+               ckpt="ck_two") == 0
+    assert_same_arrays(arrays_of(tmp_path / "straight.npz"), arrays_of(tmp_path / "two.npz"))
+    # the last parameters and the velocities too, not only the exported best ones
+    assert_same_arrays(arrays_of(tmp_path / "ck_straight" / CHECKPOINT_NAME),
+                       arrays_of(tmp_path / "ck_two" / CHECKPOINT_NAME))
+    assert len((tmp_path / "two.metrics.csv").read_text().splitlines()) == 5
+
+
+class _CtrlCAfter(Progress):
+    """Progress that presses Ctrl-C (a real SIGINT) at a given batch of a given epoch."""
+
+    at: tuple[int, int] = (2, 5)
+
+    def epoch_start(self, epoch, epochs, batches, done=0):
+        self._epoch, self._batch = epoch, done
+        super().epoch_start(epoch, epochs, batches, done)
+
+    def batch_end(self, loss, images):
+        self._batch += 1
+        if (self._epoch, self._batch) == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monkeypatch, capsys):
+    common = ("--epochs", "3", "--augment", "--warmup-epochs", "0.5", "--quiet")
+    assert run(tmp_path, synth_dir, *common, out="straight.npz", ckpt="ck_straight") == 0
+    (tmp_path / "cut.npz").write_bytes(b"previous model")
+    monkeypatch.setattr(cli, "Progress", _CtrlCAfter)
+    assert run(tmp_path, synth_dir, *common, out="cut.npz", ckpt="ck_cut") == 130
+    err = capsys.readouterr().err
+    assert "interrupted in epoch 2" in err
+    assert "resume with: python -m trainer" in err and "--resume" in err
+    assert (tmp_path / "cut.npz").read_bytes() == b"previous model"
+    checkpoint = load_checkpoint(tmp_path / "ck_cut" / CHECKPOINT_NAME)
+    assert (checkpoint.state.epoch, checkpoint.state.batch) == (1, 5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(cli, "Progress", Progress)
+    assert run(tmp_path, synth_dir, "--resume", "--quiet", out="cut.npz", ckpt="ck_cut") == 0
+    assert_same_arrays(arrays_of(tmp_path / "straight.npz"), arrays_of(tmp_path / "cut.npz"))
+    assert_same_arrays(arrays_of(tmp_path / "ck_straight" / CHECKPOINT_NAME),
+                       arrays_of(tmp_path / "ck_cut" / CHECKPOINT_NAME))
+
+
+def test_resume_refuses_other_hyper_parameters(tmp_path, synth_dir, capsys):
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
+    assert run(tmp_path, synth_dir, "--resume", "--lr", "0.5", "--epochs", "2") == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 (checkpoint: 0.05)" in err and "Traceback" not in err
+
+
+def test_resume_refuses_other_data(tmp_path, synth_dir, capsys):
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
+    other = write_synthetic_mnist(tmp_path / "other", seed=1)
+    assert run(tmp_path, other, "--resume", "--epochs", "2") == 2
+    assert "checksums differ" in capsys.readouterr().err
+
+
+def test_divergence_stops_with_a_hint_and_keeps_the_model(tmp_path, synth_dir, capsys):
+    (tmp_path / "model.npz").write_bytes(b"the good model")
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--lr", "1e6", "--schedule", "constant") == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "lower the learning rate (e.g. --lr 1e+05)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "model.npz").read_bytes() == b"the good model"
+
+
+def test_early_stopping(tmp_path, synth_dir, capsys):
+    # the synthetic set is learnt perfectly at once, so validation accuracy cannot improve
+    assert run(tmp_path, synth_dir, "--epochs", "10", "--patience", "2") == 0
+    assert "early stopping" in capsys.readouterr().out
+    _, meta = load(tmp_path / "model.npz")
+    assert meta["training"]["stopped_early"] and meta["training"]["epochs_run"] < 10
+    assert meta["training"]["epochs_run"] == meta["training"]["best_epoch"] + 2
+
+
+def test_lab_pickle_data_file(tmp_path):
+    rng = np.random.default_rng(0)
+    splits = []
+    for n in (300, 100, 100):
+        images, labels = synthetic_digits(n, rng)
+        splits.append(((images / np.float32(255)).reshape(n, 784), labels.astype(np.int64)))
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(tuple(splits), f, protocol=2)
+    argv = ["--data-file", str(path), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
+            str(tmp_path / "ck"), "--hidden-dim", "32", "--epochs", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    _, meta = load(tmp_path / "m.npz")
+    assert list(meta["data"]) == ["mnist.pkl.gz"]
+    assert meta["metrics"]["test_accuracy"] > 0.9
+
+
+def test_plots(tmp_path, synth_dir, capsys):
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert run(tmp_path, synth_dir, "--epochs", "1", "--plots") == 2
+        assert "pip install 'digitgrad[plots]'" in capsys.readouterr().err
+        return
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--plots", "--quiet") == 0
+    for name in ("model.curves.png", "model.confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_short_real_training_run(tmp_path, mnist_dir):
+    """One epoch on 10,000 real images clears 90% on the test set; the file reproduces it."""
+    argv = ["--data-dir", str(mnist_dir), "--train-size", "10000", "--epochs", "1",
+            "--out", str(tmp_path / "m.npz"), "--checkpoint-dir", str(tmp_path / "ck"), "--quiet"]
+    assert cli.main(argv) == 0
+    model, meta = load(tmp_path / "m.npz")
+    assert meta["metrics"]["test_accuracy"] >= 0.90
+    test = load_mnist(mnist_dir).test
+    with no_grad():
+        logits = model(ComputationGraphNode(to_model_input(test.images, meta["preprocessing"])))
+    accuracy = float(np.mean(logits.value.argmax(axis=1) == test.labels))
+    assert accuracy == meta["metrics"]["test_accuracy"]
+
+
+def test_conftest_trained_model_is_good_enough_to_serve(trained_model_path):
+    _, meta = load(trained_model_path)
+    assert meta["metrics"]["test_accuracy"] >= 0.97
+    assert meta["training"]["epochs_run"] == 2
+
+
+def test_ctrl_c_before_training_exits_at_once(tmp_path, synth_dir, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_mnist", interrupted)
+    assert run(tmp_path, synth_dir, "--epochs", "1") == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted after") and "Traceback" not in err
+
+
+def test_blas_threads_limit():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with cli.blas_threads(1):
+        blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+    with cli.blas_threads(0):  # 0 leaves numpy's default alone
+        pass

@@ -1,0 +1,170 @@
+"""What the trainer shows and writes: progress, the metrics log, the final report and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from models.serialization import atomic_write
+
+#: Columns of the metrics log, one row per epoch.
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                  "seconds", "images_per_second")
+
+
+class Progress:
+    """Per-epoch progress: a tqdm bar on a terminal, one line per epoch otherwise, or nothing.
+
+    Logs in Docker and CI are not terminals, so they get one summary line per epoch instead of
+    hundreds of bar redraws.
+    """
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None, bar: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.bar_enabled = (not quiet) and (self.stream.isatty() if bar is None else bar)
+        self._bar = None
+        self._start = 0.0
+        self._images = 0
+
+    def message(self, text: str) -> None:
+        """A line for the user (suppressed by --quiet)."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+        self._start, self._images = time.perf_counter(), 0
+        if self.bar_enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=batches, initial=done, desc=f"epoch {epoch}/{epochs}",
+                             unit="batch", file=self.stream, leave=False, dynamic_ncols=True)
+
+    def batch_end(self, loss: float, images: int) -> None:
+        if self._bar is None:
+            return
+        self._images += images
+        self._bar.update(1)
+        if self._bar.n % 20 == 0:  # formatting every batch would cost more than the batch
+            rate = self._images / max(time.perf_counter() - self._start, 1e-9)
+            self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:,.0f}", refresh=False)
+
+    def epoch_end(self, row: dict, epochs: int, best: bool) -> None:
+        self.close()
+        self.message(format_epoch(row, epochs, best))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def format_epoch(row: dict, epochs: int, best: bool) -> str:
+    """``epoch  3/10  loss 0.1234  acc 96.12%  val loss 0.0987  val acc 97.40%  lr ...``."""
+    width = len(str(epochs))
+    return (
+        f"epoch {row['epoch']:>{width}}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"acc {100 * row['train_accuracy']:.2f}%  val loss {row['val_loss']:.4f}  "
+        f"val acc {100 * row['val_accuracy']:.2f}%  lr {row['lr']:.4g}  "
+        f"{row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s" + ("  *" if best else "")
+    )
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    """The whole metrics log, rewritten atomically after every epoch (it is tiny)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    data = buffer.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_json(path: Path, obj) -> None:
+    """JSON, pretty and atomic."""
+    data = (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int = 10) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels, predictions), 1)
+    return counts
+
+
+def per_class_accuracy(confusion: np.ndarray) -> list[float]:
+    """Diagonal over row sums (0.0 for a class with no examples)."""
+    totals = confusion.sum(axis=1)
+    return [float(c / t) if t else 0.0 for c, t in zip(np.diag(confusion), totals)]
+
+
+def format_test_report(accuracy: float, per_class: list[float], confusion: np.ndarray) -> str:
+    """Test accuracy, per-class accuracy and the confusion matrix as an aligned text table."""
+    lines = [f"test accuracy {100 * accuracy:.2f}%", "per-class accuracy:"]
+    lines.append("  " + "  ".join(f"{d}: {100 * a:5.2f}%" for d, a in enumerate(per_class)))
+    width = max(5, len(str(confusion.max())) + 1)
+    lines.append("confusion matrix (rows: true digit, columns: predicted):")
+    lines.append("     " + "".join(f"{d:>{width}}" for d in range(len(confusion))))
+    for d, row in enumerate(confusion):
+        lines.append(f"  {d}: " + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)
+
+
+def write_plots(stem: Path, history: list[dict], confusion: np.ndarray) -> list[Path] | None:
+    """Learning curves and the confusion matrix as PNGs; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display in Docker or CI
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    curves = stem.with_name(stem.name + ".curves.png")
+    _save_figure(fig, curves)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image)
+    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix",
+           xticks=range(10), yticks=range(10))
+    for (r, c), v in np.ndenumerate(confusion):
+        ax.text(c, r, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > confusion.max() / 2 else "black")
+    fig.tight_layout()
+    matrix = stem.with_name(stem.name + ".confusion.png")
+    _save_figure(fig, matrix)
+    plt.close("all")
+    return [curves, matrix]
+
+
+def _save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data))
