@@ -25,6 +25,7 @@ declared size, before any pixel is decoded).
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 
@@ -48,7 +49,7 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 # Longest side images are reduced to before the float stages: plenty for a 20x20 result,
 # and it bounds memory and time for 40-megapixel photos.
 WORK_SIZE = 512
-# Longest side of the map the connected components are labelled on (pure-Python labelling).
+# Longest side of the map the connected components are labelled on (their union-find is Python).
 COARSE_SIZE = 128
 BOX = 20  # MNIST's size-normalisation box
 SIDE = 28
@@ -172,10 +173,17 @@ def _unidentified(data: bytes) -> ImageError:
 
 
 def _draft(im: Image.Image) -> None:
-    """Let libjpeg decode big JPEGs at 1/2, 1/4 or 1/8 scale: far faster, same result for us."""
-    if im.format in ("JPEG", "MPO") and max(im.size) > 2 * WORK_SIZE:
-        scale = WORK_SIZE / max(im.size)
-        im.draft(None, (max(1, int(im.size[0] * scale)), max(1, int(im.size[1] * scale))))
+    """Let libjpeg decode JPEGs straight to grey, and big ones at 1/2, 1/4 or 1/8 scale.
+
+    Far faster and the same for us: a JPEG stores luma with the weights Pillow's "L" uses, so
+    this skips a colour conversion there and back.
+    """
+    if im.format in ("JPEG", "MPO"):
+        size = None
+        if max(im.size) > 2 * WORK_SIZE:
+            scale = WORK_SIZE / max(im.size)
+            size = (max(1, int(im.size[0] * scale)), max(1, int(im.size[1] * scale)))
+        im.draft("L", size)
 
 
 def _orient(im: Image.Image) -> Image.Image:
@@ -211,7 +219,8 @@ def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if factor > 1:  # box-average in uint8 before going to float: bounds memory
         gray = gray.reduce(factor)
         alpha = alpha.reduce(factor) if alpha is not None else None
-    gray_array = np.asarray(gray, dtype=np.float32) / np.float32(255)
+    gray_array = np.asarray(gray, dtype=np.float32)  # a converted copy: ours to scale
+    gray_array /= np.float32(255)
     if alpha is None:
         return gray_array, None
     alpha_array = np.asarray(alpha, dtype=np.float32) / np.float32(255)
@@ -234,28 +243,62 @@ def _scale_deep(array: np.ndarray) -> np.ndarray:
     return ((array - low) / max(high - low, 1e-12)).astype(np.float32)
 
 
-def _block_reduce(array: np.ndarray, factor: int, func) -> np.ndarray:
-    """Reduce each factor x factor block with ``func`` (edges padded with the edge values)."""
-    h, w = array.shape
-    ph, pw = -h % factor, -w % factor
-    if ph or pw:
-        array = np.pad(array, ((0, ph), (0, pw)), mode="edge")
-    blocks = array.reshape(array.shape[0] // factor, factor, array.shape[1] // factor, factor)
-    # one axis at a time: numpy reduces a contiguous last axis much faster than (1, 3) at once
-    return func(func(blocks, axis=3), axis=1).astype(np.float32)
+def _block_max(array: np.ndarray, factor: int) -> np.ndarray:
+    """Max-pool factor x factor blocks (a partial block at the edge: the max of what is there).
+
+    Elementwise maxima of strided views: numpy reduces a short axis of a reshaped array
+    several times slower.
+    """
+    out = array[::factor].copy()
+    for k in range(1, factor):
+        part = array[k::factor]
+        np.maximum(out[:len(part)], part, out=out[:len(part)])
+    cols = out[:, ::factor].copy()
+    for k in range(1, factor):
+        part = out[:, k::factor]
+        np.maximum(cols[:, :part.shape[1]], part, out=cols[:, :part.shape[1]])
+    return cols
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of a 1-D array, without its generic-axis overhead (this runs per upload)."""
+    n = values.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(values, k)[k])
+    part = np.partition(values, (k - 1, k))
+    return float(np.mean(part[k - 1:k + 1]))
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """np.percentile(values, q) of a 1-D array (its default linear method, same arithmetic)."""
+    n = values.size
+    q = q / 100
+    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index for alpha = beta = 1
+    if virtual >= n - 1:
+        return float(values.max())
+    low = max(int(np.floor(virtual)), 0)
+    part = np.partition(values, (low, low + 1))
+    a, b, t = part[low], part[low + 1], virtual - low
+    return float(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))
 
 
 # --- paper and ink --------------------------------------------------------------------------
 
 
-def _border(array: np.ndarray) -> np.ndarray:
-    """Boolean mask of a band along the edges (about 3% of the short side, at least 1 pixel)."""
-    h, w = array.shape
+@functools.lru_cache(maxsize=64)
+def _border_index(h: int, w: int) -> np.ndarray:
+    """Flat indices, in row-major order, of a band along the edges of an h x w image (about 3%
+    of the short side, at least 1 pixel). Cached (uploads come in a few sizes): read-only."""
     band = max(1, round(0.03 * min(h, w)))
-    mask = np.zeros((h, w), dtype=bool)
-    mask[:band, :] = mask[-band:, :] = True
-    mask[:, :band] = mask[:, -band:] = True
-    return mask
+    if 2 * band >= min(h, w):
+        index = np.arange(h * w)
+    else:
+        sides = np.concatenate([np.arange(band), np.arange(w - band, w)])
+        middle = (np.arange(band, h - band)[:, None] * w + sides).ravel()
+        index = np.concatenate([np.arange(band * w), middle, np.arange((h - band) * w, h * w)])
+    index.flags.writeable = False
+    return index
 
 
 def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -267,7 +310,7 @@ def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     white strokes survive as well as black ones; an opaque sheet with a digit on it goes onto
     the sheet's own colour (the median of the opaque pixels), so only the digit stands out.
     """
-    if np.mean(alpha[_border(alpha)] < 0.5) <= 0.5:
+    if np.mean(alpha.reshape(-1)[_border_index(*alpha.shape)] < 0.5) <= 0.5:
         paper = 1.0
     else:
         weight = float(alpha.sum())
@@ -283,178 +326,255 @@ def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return gray * alpha + np.float32(paper) * (1 - alpha)
 
 
-def _box3(array: np.ndarray) -> np.ndarray:
-    """3x3 mean filter (edges replicated)."""
-    p = np.pad(array, 1, mode="edge")
+def _pad_edge(array: np.ndarray) -> np.ndarray:
+    """``np.pad(array, 1, mode="edge")`` without np.pad's generic overhead."""
     h, w = array.shape
-    out = np.zeros_like(array)
-    for dy in range(3):
-        for dx in range(3):
-            out += p[dy:dy + h, dx:dx + w]
-    return out / np.float32(9)
+    p = np.empty((h + 2, w + 2), dtype=array.dtype)
+    p[1:-1, 1:-1] = array
+    p[0, 1:-1], p[-1, 1:-1] = array[0], array[-1]
+    p[:, 0], p[:, -1] = p[:, 1], p[:, -2]
+    return p
 
 
-def _paper_plane(gray: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, float]:
-    """The paper's grey level as a plane a + b*x + c*y fitted to the ``sample`` pixels, and the
-    noise sigma of the fit.
+def _box3(array: np.ndarray) -> np.ndarray:
+    """3x3 mean filter (edges replicated), as a row pass then a column pass."""
+    h, w = array.shape
+    p = _pad_edge(array)
+    rows = p[:, :-2] + p[:, 1:-1]
+    rows += p[:, 2:]
+    # the result goes into the padded copy, no longer needed: one big allocation fewer
+    out = np.add(rows[:-2], rows[1:-1], out=p[:h, :w])
+    out += rows[2:]
+    out /= np.float32(9)
+    return out
+
+
+def _paper_plane(gray: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray | float, float]:
+    """The paper's grey level as a plane a + b*x + c*y fitted to the pixels at the flat indices
+    ``sample``, and the noise sigma of the fit. A flat sample gives its level itself.
 
     Two passes: the second drops sample pixels far from the first fit (ink touching the edge).
+    Least squares through the normal equations, all of them from one product: the columns
+    1, x/w, y/h are well conditioned. Medians in float32, which numpy partitions much faster.
     """
     h, w = gray.shape
-    ys, xs = np.nonzero(sample)
-    step = max(1, ys.size // 4000)  # a few thousand samples pin a plane down well enough
-    ys, xs = ys[::step], xs[::step]
-    values = gray[ys, xs].astype(np.float64)
-    design = np.stack([np.ones_like(values), xs / max(w, 1), ys / max(h, 1)], axis=1)
+    step = max(1, sample.size // 4000)  # a few thousand samples pin a plane down well enough
+    sample = sample[::step]
+    values = gray.reshape(-1)[sample]
+    low = values.min()
+    if low == values.max():  # what the fit below would give, up to rounding
+        return float(low), 0.0
+    ys, xs = np.divmod(sample, w)
+    terms = np.empty((4, values.size))  # rows 1, x/w, y/h, value: float64
+    terms[0] = 1
+    np.divide(xs, max(w, 1), out=terms[1])
+    np.divide(ys, max(h, 1), out=terms[2])
+    terms[3] = values
     keep = np.ones(values.shape, dtype=bool)
     for _ in range(2):
-        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        residual = values - design @ coef
-        mad = float(np.median(np.abs(residual[keep] - np.median(residual[keep]))))
+        gram = (terms * keep) @ terms.T
+        try:
+            coef = np.linalg.solve(gram[:3, :3], gram[:3, 3])
+        except np.linalg.LinAlgError:  # singular: one row or one column of samples
+            coef = np.linalg.lstsq(terms[:3, keep].T, terms[3, keep], rcond=None)[0]
+        residual = (terms[3] - coef @ terms[:3]).astype(np.float32)
+        kept = residual[keep]
+        mad = _median(np.abs(kept - _median(kept)))
         keep = np.abs(residual) <= max(3.0 * 1.4826 * mad, 0.02)
-        if keep.sum() < 3:
+        if np.count_nonzero(keep) < 3:
             break
-    sigma = 1.4826 * float(np.median(np.abs(residual[keep]))) if keep.any() else 0.0
+    sigma = 1.4826 * _median(np.abs(residual[keep])) if keep.any() else 0.0
     xs = (coef[1] / max(w, 1) * np.arange(w)).astype(np.float32)
     ys = (coef[0] + coef[2] / max(h, 1) * np.arange(h)).astype(np.float32)
     return ys[:, None] + xs[None, :], sigma
 
 
 def _find_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Pixels that show bare paper, and whether the paper is a sheet framed by something else.
+    """Flat indices of pixels that show bare paper, and whether the paper is a sheet framed by
+    something else.
 
     Usually the border is paper. In a photo of a sheet lying on a table the border is the
     table; then the paper is the picture's dominant grey level, one broad region with the
     digit inside it, away from the picture's edge. (A fat digit cropped tightly can also
     dominate, but then what is not "paper" is its own background, which reaches the edge.)
     """
-    border = _border(gray)
+    border = _border_index(*gray.shape)
     step = max(1, max(gray.shape) // 128)
     small = gray[::step, ::step]
-    level = float(np.median(small))
-    if abs(float(np.median(gray[border])) - level) > 0.1:
+    edge = gray.reshape(-1)[border]
+    low = edge.min()
+    if low == edge.max() and 2 * np.count_nonzero(small == low) > small.size:
+        return border, False  # both medians are that level (a clean scan, a canvas, MNIST)
+    level = _median(small.reshape(-1))
+    if abs(_median(edge) - level) > 0.1:
         near = np.abs(small - level) < 0.1
         if near.mean() > 0.5 and stroke_width(near) > 0.2 * min(small.shape):
             labels, _ = label(~near)
             edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
             inside = np.count_nonzero(~np.isin(labels, edge))
             if inside > 0.005 * small.size:
-                return np.abs(gray - level) < 0.1, True
+                return np.flatnonzero(np.abs(gray - level) < 0.1), True
     return border, False
+
+
+def _darker_ink(deviation: np.ndarray, threshold: float, box: tuple | None = None) -> bool:
+    """Whether the ink is darker than the paper: more of the smoothed deviation lies beyond the
+    threshold below the paper than above it, within ``box`` (top, bottom, left, right)."""
+    h, w = deviation.shape
+    top, bottom, left, right = box or (0, h, 0, w)
+    if float(deviation[top:bottom, left:right].min()) >= -threshold:
+        return False  # nothing below: skip the smoothing (a mean of values >= -t is >= -t)
+    # smooth with one pixel of context around the box, as over the whole picture
+    y0, x0 = max(top - 1, 0), max(left - 1, 0)
+    smooth = _box3(deviation[y0:bottom + 1, x0:right + 1])
+    smooth = smooth[top - y0:bottom - y0, left - x0:right - x0]
+    # brighter - darker = sum(clip(s - t, 0)) - sum(clip(-s - t, 0)) = sum(s - clip(s, -t, t))
+    excess = np.clip(smooth, -threshold, threshold)
+    np.subtract(smooth, excess, out=excess)
+    return float(excess.sum()) < 0
 
 
 def _extract_ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """Ink strength in [0, 1], 0 on paper, whatever the polarity; and whether it is framed."""
     paper, framed = _find_paper(gray)
     plane, sigma = _paper_plane(gray, paper)
-    deviation = gray - plane
-    smooth = _box3(deviation)
-    if framed:  # decide the polarity on the sheet, not on the table around it
-        rows = np.flatnonzero(paper.any(axis=1))
-        cols = np.flatnonzero(paper.any(axis=0))
-        smooth = smooth[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # a new array (the plane's when there is one): the steps below work in place
+    ink = gray - plane if isinstance(plane, float) else np.subtract(gray, plane, out=plane)
     # noise threshold: a few sigmas of the paper's residual noise, never below ~3 grey levels
     threshold = max(4.0 * sigma, 0.01)
-    brighter = float(np.clip(smooth - threshold, 0, None).sum())
-    darker = float(np.clip(-smooth - threshold, 0, None).sum())
-    ink = -deviation if darker > brighter else deviation
+    box = None
+    if framed:  # decide the polarity on the sheet, not on the table around it
+        rows, cols = np.divmod(paper, gray.shape[1])
+        box = (int(rows[0]), int(rows[-1]) + 1, int(cols.min()), int(cols.max()) + 1)
+    if _darker_ink(ink, threshold, box):
+        np.negative(ink, out=ink)
     candidates = ink[ink > threshold]
     if candidates.size == 0:
         raise NoDigitFound(_no_digit_message())
-    peak = float(np.percentile(candidates, 90))
+    peak = _percentile(candidates, 90)
     if peak - threshold < 0.08:  # too faint to tell from paper texture
         raise NoDigitFound(_no_digit_message())
-    ink = np.clip((ink - threshold) / np.float32(peak - threshold), 0, 1).astype(np.float32)
+    np.subtract(ink, threshold, out=ink)
+    np.divide(ink, np.float32(peak - threshold), out=ink)
+    np.clip(ink, 0, 1, out=ink)
     return ink, framed
 
 
 # --- the digit ------------------------------------------------------------------------------
 
 
-def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected component labels (1..n, 0 = background) and n.
-
-    Union-find over horizontal runs rather than pixels: a digit is a few hundred runs, so the
-    Python loop stays short even for thick strokes.
-    """
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The horizontal runs of a boolean mask, as start and end (exclusive) flat indices into
+    the mask with one False column appended to each row (so no run crosses a row's end)."""
     h, w = mask.shape
-    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
-    rows, starts = np.nonzero(edges == 1)
-    _, ends = np.nonzero(edges == -1)  # exclusive; runs pair up in row-major order
-    first = np.searchsorted(rows, np.arange(h + 1)).tolist()
-    starts_l, ends_l = starts.tolist(), ends.tolist()
-    parent = list(range(len(starts_l)))
+    flat = np.zeros(h * (w + 1) + 1, dtype=bool)  # a leading False, then the padded rows
+    flat[1:].reshape(h, w + 1)[:, :w] = mask
+    changes = np.flatnonzero(flat[1:] != flat[:-1])  # starts and ends alternate
+    return changes[0::2], changes[1::2]
 
-    def find(i: int) -> int:
+
+def _components(starts: np.ndarray, ends: np.ndarray, stride: int) -> tuple[np.ndarray, int]:
+    """8-connected component of each run (0..n-1 in row-major order of appearance), and n.
+
+    The touching pairs are found with numpy: run j touches the runs i of the row above with
+    s_i <= e_j and s_j <= e_i (exclusive ends make that include diagonal contact), a
+    contiguous range in the sorted runs, and one row up is ``stride`` back in flat indices.
+    Only the union-find over those pairs runs in Python: a digit is a few hundred runs.
+    """
+    lo = np.searchsorted(ends, starts - stride, side="left")
+    counts = np.maximum(np.searchsorted(starts, ends - stride, side="right") - lo, 0)
+    below = np.repeat(np.arange(starts.size), counts)
+    offsets = np.arange(below.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    above = np.repeat(lo, counts) + offsets
+    parent = list(range(starts.size))
+    for i, j in zip(above.tolist(), below.tolist()):
         while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+            parent[i] = i = parent[parent[i]]
+        while parent[j] != j:
+            parent[j] = j = parent[parent[j]]
+        if i != j:  # the smaller index stays the root: roots are first appearances
+            parent[max(i, j)] = min(i, j)
+    for k in range(len(parent)):  # parents have smaller indices: one pass reaches the roots
+        parent[k] = parent[parent[k]]
+    roots = np.array(parent, dtype=np.intp)
+    is_root = roots == np.arange(roots.size)
+    return (np.cumsum(is_root) - 1)[roots], int(np.count_nonzero(is_root))
 
-    for r in range(1, h):
-        i, i_end, j, j_end = first[r - 1], first[r], first[r], first[r + 1]
-        while i < i_end and j < j_end:
-            # runs in adjacent rows touch (diagonals included) when each starts by the
-            # other's end
-            if starts_l[i] <= ends_l[j] and starts_l[j] <= ends_l[i]:
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            if ends_l[i] < ends_l[j]:
-                i += 1
-            else:
-                j += 1
-    labels = np.zeros((h, w), dtype=np.int32)
-    numbers: dict[int, int] = {}
-    for k, (r, s, e) in enumerate(zip(rows.tolist(), starts_l, ends_l)):
-        labels[r, s:e] = numbers.setdefault(find(k), len(numbers) + 1)
-    return labels, len(numbers)
+
+def _paint(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+           shape: tuple[int, int]) -> np.ndarray:
+    """An image of ``shape`` with every run set to its value (0 elsewhere), values' dtype."""
+    h, w = shape
+    steps = np.zeros(h * (w + 1), dtype=values.dtype)
+    steps[starts] = values
+    steps[ends] = -values  # the padding column: an end is always inside
+    return np.cumsum(steps, dtype=values.dtype).reshape(h, w + 1)[:, :w]
+
+
+def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected component labels (1..n in row-major order of appearance, 0 = background)
+    and n."""
+    mask = np.asarray(mask, dtype=bool)
+    starts, ends = _runs(mask)
+    ids, n = _components(starts, ends, mask.shape[1] + 1)
+    return np.ascontiguousarray(_paint(ids.astype(np.int32) + 1, starts, ends, mask.shape)), n
 
 
 def _keep_digit(ink: np.ndarray, framed: bool = False) -> np.ndarray:
     """Zero every ink component much lighter than the largest (specks, dust, JPEG debris).
 
     ``framed``: the paper is a sheet inside the picture, and what touches the picture's edge
-    is the table around it, not ink.
+    is the table around it, not ink. Works in place on ``ink``.
     """
     factor = max(1, -(-max(ink.shape) // COARSE_SIZE))
     # max-pooling keeps thin strokes connected on the coarse map
-    coarse = _block_reduce(ink, factor, np.max) if factor > 1 else ink
+    coarse = _block_max(ink, factor) if factor > 1 else ink
+    h, w = coarse.shape
     mask = coarse > 0.05
-    labels, n = label(mask)
-    if n == 0:
+    starts, ends = _runs(mask)
+    if starts.size == 0:
         raise NoDigitFound(_no_digit_message())
-    mass = np.bincount(labels.ravel(), weights=coarse.ravel(), minlength=n + 1)
-    mass[0] = 0
-    if framed:
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        if not np.isin(np.flatnonzero(mass), edge).all():  # something is left inside
-            mass[edge] = 0
-    keep = mass >= 0.1 * mass.max()
-    keep[0] = False
+    ids, n = _components(starts, ends, w + 1)
+    kept = mask
+    if n > 1:  # one component is kept whole
+        padded = np.zeros((h, w + 1))  # float64 sums, laid out like the runs' indices
+        padded[:, :w] = coarse
+        bounds = np.stack([starts, ends], 1).reshape(-1)
+        mass = np.bincount(ids, weights=np.add.reduceat(padded.reshape(-1), bounds)[::2])
+        if framed:
+            rows, first = np.divmod(starts, w + 1)
+            touching = (rows == 0) | (rows == h - 1) | (first == 0) | (ends - rows * (w + 1) == w)
+            edge = np.unique(ids[touching])
+            if edge.size < n:  # something is left inside
+                mass[edge] = 0
+        keep = mass >= 0.1 * mass.max()
+        if not keep.all():
+            kept = _paint(keep[ids].view(np.int8), starts, ends, (h, w)) != 0
     # one pixel of margin keeps the faint anti-aliased rim around the kept strokes
-    kept = _dilate(keep[labels])
+    kept = _dilate(kept)
     if factor > 1:
         kept = np.repeat(np.repeat(kept, factor, axis=0), factor, axis=1)
         kept = kept[:ink.shape[0], :ink.shape[1]]
-    return np.where(kept, ink, np.float32(0))
+    np.multiply(ink, kept, out=ink)
+    return ink
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
-    """Binary 3x3 dilation."""
-    p = np.pad(mask, 1)
-    h, w = mask.shape
-    out = np.zeros_like(mask)
-    for dy in range(3):
-        for dx in range(3):
-            out |= p[dy:dy + h, dx:dx + w]
+    """Binary 3x3 dilation, as a row pass then a column pass."""
+    rows = mask.copy()
+    rows[:, 1:] |= mask[:, :-1]
+    rows[:, :-1] |= mask[:, 1:]
+    out = rows.copy()
+    out[1:] |= rows[:-1]
+    out[:-1] |= rows[1:]
     return out
 
 
 def stroke_width(mask: np.ndarray) -> float:
     """Mean stroke width of a binary mask, 2 * area / perimeter (a long stroke: 2wL / 2L)."""
-    area = float(mask.sum())
-    perimeter = float((mask[:, 1:] != mask[:, :-1]).sum() + (mask[1:, :] != mask[:-1, :]).sum())
+    area = np.count_nonzero(mask)
+    perimeter = (np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+                 + np.count_nonzero(mask[1:, :] != mask[:-1, :]))
     return 2 * area / max(perimeter, 1.0)
 
 
@@ -464,7 +584,7 @@ def _morph(image: np.ndarray, radius: int, op) -> np.ndarray:
     Alternating 3x3 squares and crosses approximates a disc (an octagon) for any radius.
     """
     for step in range(radius):
-        p = np.pad(image, 1, mode="edge")
+        p = _pad_edge(image)
         h, w = image.shape
         out = image.copy()
         for dy, dx in ((0, 1), (1, 0), (1, 2), (2, 1)):
