@@ -97,7 +97,7 @@ class ComputationGraphNode:
                 continue
             node.grad = g  # intermediate nodes keep the gradient of this pass (the lab's did too)
             inputs = node.input_nodes
-            needs = tuple(inp.require_grad for inp in inputs)
+            needs = [inp.require_grad for inp in inputs]
             input_grads = node.func.backward(node.saved, g, needs)
             for inp, need, ig in zip(inputs, needs, input_grads):
                 if not need:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autodiff.node import ComputationGraphNode, Parameter, is_grad_enabled
+from autodiff.node import ComputationGraphNode, is_grad_enabled
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -58,8 +58,10 @@ class Operation:
             raise TypeError(f"{type(self).__name__} takes {n} inputs, got {len(args)}")
         inputs = args[:n]
         # this runs for every op of every step: the common case (all nodes) takes no detour
-        if not all(type(a) is Parameter or isinstance(a, ComputationGraphNode) for a in inputs):
-            inputs = _lift_all(inputs)
+        for a in inputs:
+            if not isinstance(a, ComputationGraphNode):
+                inputs = _lift_all(inputs)
+                break
         try:
             out, saved = self.forward(*[i.value for i in inputs], *args[n:])
         except ValueError as exc:
