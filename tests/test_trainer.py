@@ -56,10 +56,14 @@ def write_synthetic_mnist(directory: Path, seed: int) -> Path:
 
 def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
         ckpt: str = "ckpt") -> int:
-    """main() on small defaults, writing into tmp_path."""
+    """main() on small defaults, writing into tmp_path.
+
+    No augmentation unless ``flags`` ask for it (``--augment``): the synthetic digits are random
+    pixel patterns, which warps scramble rather than vary.
+    """
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / out),
             "--checkpoint-dir", str(tmp_path / ckpt), "--hidden-dim", "32", "--layers", "1",
-            "--train-size", "400", "--batch-size", "32", *flags]
+            "--train-size", "400", "--batch-size", "32", "--no-augment", *flags]
     return cli.main(argv)
 
 
@@ -113,9 +117,26 @@ def test_augment_keeps_shape_range_and_is_reproducible():
 
 def test_identity_warp_changes_nothing():
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
-    cfg = AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), thickness_probability=0)
+    cfg = AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), max_shear=0,
+                        thickness_probability=0)
     np.testing.assert_allclose(augment_batch(images, np.random.default_rng(0), cfg), images,
                                atol=1e-6)
+
+
+def test_shear_slants_a_vertical_stroke():
+    image = np.zeros((32, 28, 28), dtype=np.float32)
+    image[:, 4:24, 13:15] = 1.0
+    cfg = AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), max_shear=0.3,
+                        thickness_probability=0)
+    slanted = augment_batch(image, np.random.default_rng(0), cfg)
+    rows = np.arange(6, 22)
+    columns = (slanted[:, rows] * np.arange(28)).sum(axis=2) / slanted[:, rows].sum(axis=2)
+    slopes = np.polyfit(rows, columns.T, 1)[0]  # columns per row: the slant of each image
+    assert np.all(np.abs(slopes) <= 0.3 + 1e-3) and np.abs(slopes).max() > 0.2
+    assert (slopes > 0).any() and (slopes < 0).any()
+    residual = columns - (slopes[:, None] * rows + columns.mean(1, keepdims=True)
+                          - slopes[:, None] * rows.mean())
+    assert np.abs(residual).max() < 0.1  # a straight slanted stroke, not a bent one
 
 
 def test_warp_shifts_content():
@@ -228,6 +249,19 @@ def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):
     assert report["test_accuracy"] == meta["metrics"]["test_accuracy"]
 
 
+def test_augmentation_is_on_by_default_and_can_be_turned_off(tmp_path, synth_dir):
+    def trained(*flags: str) -> bool:
+        argv = ["--data-dir", str(synth_dir), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
+                str(tmp_path / "ck"), "--hidden-dim", "8", "--train-size", "64", "--epochs", "1",
+                "--quiet", *flags]
+        assert cli.main(argv) == 0
+        return load(tmp_path / "m.npz")[1]["training"]["augment"]
+
+    assert trained() is True
+    assert trained("--no-augment") is False
+    assert "--augment, --no-augment" in cli.build_parser().format_help()
+
+
 def test_quiet_prints_nothing(tmp_path, synth_dir, capsys):
     assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
     captured = capsys.readouterr()
@@ -277,7 +311,7 @@ def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monke
     assert run(tmp_path, synth_dir, *common, out="straight.npz", ckpt="ck_straight") == 0
     (tmp_path / "cut.npz").write_bytes(b"previous model")
     monkeypatch.setattr(cli, "Progress", _CtrlCAfter)
-    assert run(tmp_path, synth_dir, *common, out="cut.npz", ckpt="ck_cut") == 130
+    assert run(tmp_path, synth_dir, *common, out="cut.npz", ckpt="ck_cut") == 1
     err = capsys.readouterr().err
     assert "interrupted in epoch 2" in err
     assert "resume with: python -m trainer" in err and "--resume" in err
@@ -286,7 +320,8 @@ def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monke
     assert (checkpoint.state.epoch, checkpoint.state.batch) == (1, 5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     monkeypatch.setattr(cli, "Progress", Progress)
-    assert run(tmp_path, synth_dir, "--resume", "--quiet", out="cut.npz", ckpt="ck_cut") == 0
+    assert run(tmp_path, synth_dir, "--resume", "--augment", "--quiet", out="cut.npz",
+               ckpt="ck_cut") == 0
     assert_same_arrays(arrays_of(tmp_path / "straight.npz"), arrays_of(tmp_path / "cut.npz"))
     assert_same_arrays(arrays_of(tmp_path / "ck_straight" / CHECKPOINT_NAME),
                        arrays_of(tmp_path / "ck_cut" / CHECKPOINT_NAME))
@@ -334,7 +369,7 @@ def test_lab_pickle_data_file(tmp_path):
     with gzip.open(path, "wb") as f:
         pickle.dump(tuple(splits), f, protocol=2)
     argv = ["--data-file", str(path), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
-            str(tmp_path / "ck"), "--hidden-dim", "32", "--epochs", "2", "--quiet"]
+            str(tmp_path / "ck"), "--hidden-dim", "32", "--epochs", "2", "--no-augment", "--quiet"]
     assert cli.main(argv) == 0
     _, meta = load(tmp_path / "m.npz")
     assert list(meta["data"]) == ["mnist.pkl.gz"]
@@ -378,7 +413,7 @@ def test_ctrl_c_before_training_exits_at_once(tmp_path, synth_dir, monkeypatch, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "load_mnist", interrupted)
-    assert run(tmp_path, synth_dir, "--epochs", "1") == 130
+    assert run(tmp_path, synth_dir, "--epochs", "1") == 1
     err = capsys.readouterr().err
     assert err.startswith("interrupted after") and "Traceback" not in err
 

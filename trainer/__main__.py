@@ -1,7 +1,7 @@
 """``python -m trainer`` / ``digitgrad-train``: fit the deep network on MNIST, write the model file.
 
-Exit status: 0 success, 2 usage or data error, 130 interrupted by Ctrl-C (after writing a
-checkpoint), 1 anything else (divergence included).
+Exit status: 0 success, 2 usage or data error, 1 anything else: divergence, or Ctrl-C (after
+writing a checkpoint; the message says how to resume).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from trainer.report import (
 )
 from trainer.schedule import SCHEDULES
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DIGITGRAD_VERSION = "0.1.0"
 
 
@@ -114,8 +114,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         description="Train the digit classifier (an MLP on our numpy autodiff engine) on MNIST "
                     "and write the model file the server loads.",
         formatter_class=_HelpFormatter,
-        epilog="Exit status: 0 success, 2 usage or data error, 130 interrupted (a checkpoint "
-               "was written; rerun with --resume), 1 anything else (e.g. divergence).",
+        epilog="Exit status: 0 success, 2 usage or data error, 1 anything else: divergence, "
+               "or interrupted by Ctrl-C (a checkpoint was written; rerun with --resume).",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", metavar="DIR",
@@ -160,8 +160,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                                          "epochs")
     train.add_argument("--lr-gamma", type=_float_in(0, 1, low_open=True, high_open=False),
                        default=dflt(d.lr_gamma), metavar="G", help="step schedule: decay factor")
-    train.add_argument("--augment", action="store_true", default=dflt(d.augment),
-                       help="random shifts, rotations, scaling and stroke thickness")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                       default=dflt(d.augment),
+                       help="random shifts, rotations, scaling, slant and stroke thickness of "
+                            "the training images")
     train.add_argument("--patience", type=_non_negative_int, default=dflt(d.patience), metavar="N",
                        help="stop after N epochs without a better validation accuracy (0: never)")
     train.add_argument("--seed", type=_non_negative_int, default=dflt(d.seed), metavar="N",
@@ -332,7 +334,7 @@ def train(argv: list[str], args: argparse.Namespace, given: dict, stop: StopFlag
     except TrainingInterruptedError as exc:
         print(f"interrupted in epoch {exc.epoch}: checkpoint written to {exc.path}\n"
               f"resume with: {_resume_command(argv)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_FAILURE
 
     export(model, best, state, config, mnist, preprocessing, len(train_split),
            (out, metrics_path, report_path), args.plots, progress)
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted after {time.perf_counter() - start:.0f} s; the last completed "
               f"epoch's checkpoint (if any) is in {args.checkpoint_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_FAILURE
     except OSError as exc:  # disk full, permission denied while writing outputs
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
