@@ -35,15 +35,31 @@ class ModelFileError(ValueError):
         self.problem = problem
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022  # the usual default where /proc cannot tell (macOS, old kernels)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    Readers see the old file or the complete new one, never a partial write.
+    Readers see the old file or the complete new one, never a partial write. The file gets the
+    permissions any newly created file gets (0666 minus the umask): ``mkstemp`` makes its
+    temporary file 0600, which would leave a model unreadable to the service user (a container
+    running as another uid), so the mode is set before the rename.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

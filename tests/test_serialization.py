@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -55,6 +57,19 @@ def test_file_holds_arrays_by_name_and_one_json_string(saved):
         meta = json.loads(str(archive[META_KEY]))
     assert meta["format"] == "digitgrad" and meta["format_version"] == 1
     assert meta["architecture"]["class"] == "DeepNetwork"
+
+
+def test_atomic_write_gives_the_mode_of_a_normal_file(tmp_path):
+    # mkstemp's 0600 made models unreadable to the service user of the Docker image
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        os.umask(0o077)
+        atomic_write(tmp_path / "b.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o600
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(saved):
