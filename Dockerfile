@@ -1,16 +1,14 @@
-# syntax=docker/dockerfile:1
-#
 # digitgrad inference service: gunicorn + Flask serving a model.npz written by `python -m trainer`.
 #
-# Needs BuildKit (the default builder since Docker 23; `docker buildx build` anywhere): it builds
-# only the stages the target needs, so a plain `docker build .` never runs the training, and the
-# RUN --mount flags below need it. The syntax line above brings the current Dockerfile frontend
-# to older engines too.
+# Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 on Docker 20.10): it
+# builds only the stages the target needs, so a plain `docker build .` never runs the training,
+# and the RUN --mount and COPY --chmod flags below need it. No `# syntax=` line: the engine's
+# built-in frontend builds this file, so a build never has to pull a frontend image.
 #
 # Stages, in build order:
 #   base           the pinned Python image and the environment every stage shares
-#   build          builds the digitgrad wheel and downloads the wheels of its runtime dependencies
-#   app            base image + those wheels, installed offline (shared by train and runtime)
+#   build          builds the digitgrad wheel
+#   app            base image + a virtual env in /opt/venv: the locked dependencies and that wheel
 #   mnist          empty; override with --build-context mnist=DIR to train on local MNIST files
 #   train          runs `python -m trainer`, writes /model/model.npz (downloads MNIST if not given)
 #   model-none     no model: mount one at run time          (MODEL_SOURCE=none, the default)
@@ -29,10 +27,15 @@
 #   docker build --target model-train --output type=local,dest=. .  trains, writes
 #       ./model/model.npz here (--build-arg EPOCHS=N; --build-context mnist=DIR: local MNIST)
 # A mounted file always wins over a baked one: it is mounted over the same path, MODEL_PATH.
+# A baked-in model is made readable by the service user whatever its mode in the build context.
 #
-# tests/test_docker.py lints this file with hadolint, checks its structure, and replays the
-# runtime stage outside Docker (wheel, install command, ENV, USER, CMD, HEALTHCHECK, parsed from
-# here): keep RUN instructions that install Python packages to a single pip command each.
+# Dependencies come from requirements.lock: exact versions, each download checked against its
+# hashes, so a build next year installs what was tested. Refresh it with `make lock` (README).
+#
+# pip uses its defaults (pypi.org) unless given a config file as a build secret, which no layer
+# keeps: another index, a proxy, or a CA bundle for a TLS-inspecting proxy (its `cert` setting
+# pointing at /run/secrets/pip-cert, the second secret):
+#   docker build --secret id=pip.conf,src=my-pip.conf [--secret id=pip-cert,src=ca.pem] .
 
 ARG MODEL_SOURCE=none
 
@@ -54,15 +57,31 @@ COPY autodiff/ autodiff/
 COPY models/ models/
 COPY trainer/ trainer/
 COPY server/ server/
-# The wheel of digitgrad plus the wheels of every runtime dependency, so that the install below
-# needs no network; the cache mount keeps pip's downloads between builds.
+# Only digitgrad's own wheel: its dependencies come from the lock file, in the app stage. The
+# cache mount keeps pip's downloads between builds; the secrets are optional (see the top).
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip wheel --wheel-dir /wheels .
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-cert \
+    python3 -m pip wheel --no-deps --wheel-dir /wheels .
 
 FROM base AS app
-# The wheels are bind-mounted, not copied, so they leave no layer behind.
+# A virtual env at the same path in every base image (the interpreter itself is wherever the base
+# has it), without pip: the base's pip installs into it, and the service needs no pip.
+RUN python3 -m venv --without-pip /opt/venv
+# The locked dependencies first, in a layer of their own that changes only with the lock file;
+# --require-hashes also refuses any dependency the lock leaves out. Then the wheel, offline:
+# pip checks that the lock satisfies it. Bind mounts leave no copy of either file behind.
+RUN --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
+    --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-cert \
+    python3 -m pip --python /opt/venv/bin/python install --require-hashes \
+        --requirement /tmp/requirements.lock
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --no-index --find-links=/wheels /wheels/digitgrad-*.whl
+    python3 -m pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
+        /wheels/digitgrad-*.whl
+# Only now: above, python3 must still be the base's, which has pip.
+ENV PATH=/opt/venv/bin:$PATH
 
 FROM scratch AS mnist
 
@@ -81,12 +100,13 @@ RUN --mount=type=bind,from=mnist,target=/mnist,rw \
 FROM scratch AS model-none
 WORKDIR /model
 
+# --chmod: the service user (uid 10001) must read the model, whoever wrote it with whatever umask.
 FROM scratch AS model-train
-COPY --from=train /model/model.npz /model/model.npz
+COPY --from=train --chmod=0444 /model/model.npz /model/model.npz
 
 FROM scratch AS model-context
 ARG MODEL_FILE=model.npz
-COPY ${MODEL_FILE} /model/model.npz
+COPY --chmod=0444 ${MODEL_FILE} /model/model.npz
 
 # hadolint's DL3006 (tag your images) cannot tell that model-${MODEL_SOURCE} names one of the
 # stages above, not an image: ignored on this line only, so an untagged FROM elsewhere still fails.
@@ -103,8 +123,9 @@ RUN groupadd --gid 10001 digitgrad \
     && useradd --uid 10001 --gid digitgrad --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin digitgrad
 WORKDIR /app
-# Owned by root and read-only for the service user: it writes only under /tmp.
-COPY gunicorn.conf.py docker/healthcheck.py ./
+# Owned by root and read-only for the service user (whatever their mode in the checkout): it
+# writes only under /tmp.
+COPY --chmod=0444 gunicorn.conf.py docker/healthcheck.py ./
 COPY --from=model /model/ ./
 # One BLAS thread per process: gunicorn's workers are the parallelism (see gunicorn.conf.py).
 # WEB_CONCURRENCY (workers) is left to gunicorn.conf.py; set it to the container's CPU limit.

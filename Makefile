@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= model.npz
 
-.PHONY: run test train serve bench clean
+.PHONY: run test train serve bench clean lock
 
 # The stamps re-run pip when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -39,6 +39,15 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/engine.py
+
+# requirements.lock: the runtime dependencies the Docker image installs, exact versions with
+# hashes, compiled for the image's Python (3.11 on Linux) whatever Python runs here. Run after
+# changing dependencies in pyproject.toml (pins that still fit are kept); UPGRADE=1 moves every
+# pin to the newest release. tests/test_docker.py fails while the lock and pyproject.toml differ.
+lock: $(VENV)/.runtime
+	$(BIN)/python -m pip install --quiet 'uv>=0.9'
+	$(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	    --python-platform linux $(if $(UPGRADE),--upgrade) -o requirements.lock
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

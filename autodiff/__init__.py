@@ -1,5 +1,7 @@
 """A small reverse-mode autodiff engine on numpy, with the course lab's API."""
 
+from autodiff.conv import Conv2d, MaxPool2d
+from autodiff.memory import reuse_freed_memory
 from autodiff.node import ComputationGraphNode, Parameter, is_grad_enabled, no_grad
 from autodiff.ops import (
     Addition,
@@ -31,10 +33,12 @@ __all__ = [
     "SGD",
     "Addition",
     "ComputationGraphNode",
+    "Conv2d",
     "Division",
     "Exp",
     "Log",
     "MatMul",
+    "MaxPool2d",
     "Mean",
     "Multiplication",
     "Negation",
@@ -56,4 +60,5 @@ __all__ = [
     "log_softmax",
     "nll",
     "no_grad",
+    "reuse_freed_memory",
 ]

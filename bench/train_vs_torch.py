@@ -1,7 +1,8 @@
-"""Per-epoch training time of our trainer vs PyTorch (CPU), same MLP, same batches, one thread each.
+"""Per-epoch training time of our trainer vs PyTorch (CPU), same network, same batches, one
+thread each.
 
     python bench/train_vs_torch.py [--data-dir DIR] [--repeats 5] [--batch-size 64]
-                                   [--hidden-dims 128 192 256]
+                                   [--arch cnn|mlp] [--hidden-dims 128 192 256]
 
 Epochs of ours and of torch alternate in one process (ours first on even rounds, torch first on
 odd ones), so that machine noise hits both alike; the medians and their ratio are printed.
@@ -23,17 +24,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from models import preprocessing_config  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import DataError, load_mnist  # noqa: E402
-from trainer.loop import (  # noqa: E402
-    StopFlag,
-    TrainConfig,
-    TrainState,
-    build_model,
-    build_optimizer,
-    build_schedule,
-    prepare,
-    train_epoch,
-)
+from trainer.factory import build_model, build_optimizer, build_schedule  # noqa: E402
+from trainer.loop import Session, StopFlag, prepare, train_epoch  # noqa: E402
 from trainer.report import Progress  # noqa: E402
 
 
@@ -54,11 +48,21 @@ def torch_epoch(torch, net, optimizer, loss_fn, x, y, batch_size: int, order: np
 
 
 def build_torch(torch, config: TrainConfig):
-    layers, width = [], 784
-    for _ in range(config.layers):
-        layers += [torch.nn.Linear(width, config.hidden_dim), torch.nn.ReLU()]
-        width = config.hidden_dim
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
+    """The same architecture as ``build_model(config)``, taking the same flat (N, 784) rows."""
+    nn = torch.nn
+    if config.arch == "mlp":
+        layers, width, hidden = [], 784, [config.hidden_dim] * config.layers
+    else:
+        layers, size, channels = [nn.Unflatten(1, (1, 28, 28))], 28, 1
+        for c, k, p in zip(config.channels, config.kernel_sizes, config.paddings):
+            layers += [nn.Conv2d(channels, c, k, padding=p), nn.ReLU(), nn.MaxPool2d(2)]
+            size, channels = (size + 2 * p - k + 1) // 2, c
+        layers.append(nn.Flatten())
+        width, hidden = channels * size * size, list(config.fc_dims)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    net = nn.Sequential(*layers, nn.Linear(width, 10))
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     return net, optimizer, torch.nn.CrossEntropyLoss()
@@ -67,16 +71,16 @@ def build_torch(torch, config: TrainConfig):
 def bench(torch, data, config: TrainConfig, repeats: int) -> tuple[float, float]:
     """Median seconds per epoch: (ours, torch)."""
     model = build_model(config)
-    optimizer = build_optimizer(model, config)
+    session = Session(model, build_optimizer(model, config), config)
     schedule = build_schedule(config, -(-len(data.train_y) // config.batch_size))
-    state, quiet, stop = TrainState(), Progress(quiet=True), StopFlag()
+    state, quiet, stop = session.state, Progress(quiet=True), StopFlag()
     torch.manual_seed(config.seed)
     net, torch_optimizer, loss_fn = build_torch(torch, config)
     ours, theirs = [], []
 
     def run_ours():
         start = time.perf_counter()
-        train_epoch(model, optimizer, data, config, schedule, state, quiet, stop)
+        train_epoch(session, data, schedule, quiet, stop)
         ours.append(time.perf_counter() - start)
         state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
 
@@ -107,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per framework")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=None, help="images per epoch")
+    parser.add_argument("--arch", choices=("cnn", "mlp"), default="cnn",
+                        help="the default CNN, or MLPs of --hidden-dims")
     parser.add_argument("--hidden-dims", type=int, nargs="+", metavar="N",
-                        help="time these widths (two hidden layers each) instead, e.g. to find "
+                        help="mlp: time these widths (two hidden layers each), e.g. to find "
                              "where the ratio crosses a target; default: the default MLP and 2x100")
     args = parser.parse_args(argv)
     try:
@@ -130,21 +136,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_size:
         train = type(train)(train.images[: args.train_size], train.labels[: args.train_size])
     pre = preprocessing_config(float(train.images.mean()), float(train.images.std()))
-    data = prepare(train, mnist.val, pre, augment=False)
+    data = prepare(train, mnist.val, pre, augment=None)
     torch.set_num_threads(1)
-    default = TrainConfig(batch_size=args.batch_size)
+    default = TrainConfig(batch_size=args.batch_size, arch="mlp")
     widths = args.hidden_dims or [default.hidden_dim, 100]
     # without augmentation: it runs on another thread, and torch would get none to compare with
-    configs = [TrainConfig(batch_size=args.batch_size, hidden_dim=w, augment=False)
-               for w in widths]
+    if args.arch == "mlp":
+        configs = [TrainConfig(batch_size=args.batch_size, arch="mlp", hidden_dim=w,
+                               augment=False) for w in widths]
+    else:
+        configs = [TrainConfig(batch_size=args.batch_size, augment=False)]
     print(f"{len(train):,} images per epoch, batch {args.batch_size}, momentum SGD, one thread "
           f"each, median of {args.repeats} epochs; torch {torch.__version__}, numpy "
           f"{np.__version__}")
     with threadpool_limits(1):
         for config in configs:
             ours, theirs = bench(torch, data, config, args.repeats)
-            shape = "-".join(["784"] + [str(config.hidden_dim)] * config.layers + ["10"])
-            label = shape + (" (default MLP)" if config.hidden_dim == default.hidden_dim else "")
+            if config.arch == "cnn":
+                label = "CNN " + ",".join(map(str, config.channels)) + " (default)"
+            else:
+                shape = "-".join(["784"] + [str(config.hidden_dim)] * config.layers + ["10"])
+                label = shape + (" (default MLP)" if config.hidden_dim == default.hidden_dim
+                                 else "")
             print(f"{label:<28} ours {ours:6.3f} s/epoch   torch {theirs:6.3f} s/epoch   "
                   f"ratio ours/torch {ours / theirs:.2f}x")
     return 0

@@ -7,10 +7,16 @@ Two measurements, printed side by side in one run:
   lighting gradient and noise, polarity (dark-on-light and light-on-dark), transparency and
   format (PNG, JPEG, WebP, transparent PNG), built deterministically from ``--seed``, then
   read through ``server.imaging.to_mnist`` -> ``models.to_model_input`` -> the model;
+* hard uploads: the cases users meet that the above does not cover (``CASES``): digits
+  cropped to the ink with 0-2 px of margin, scanned at 8x8 / 12x12 / 16x16 then enlarged
+  (nearest, bilinear, bicubic), fat marker strokes, blur; from fonts and MNIST test digits;
+* written numbers of 2-6 digits (fonts, and MNIST test digits side by side) read through
+  ``to_mnist_digits``: the share read whole, and the share split into the right count;
 * MNIST round trip (when ``--mnist-dir`` or $MNIST_DIR holds the test files): the test images
   encoded as 28x28 PNGs through ``to_mnist`` versus the arrays fed directly.
 
-    python bench/uploads.py --model model.npz [--count 2000] [--seed 0] [--mnist-dir DIR]
+    python bench/uploads.py --model model.npz [--count 2000] [--hard-count 3000] [--seed 0]
+                            [--mnist-dir DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autodiff import no_grad  # noqa: E402
 from models import ModelFileError, load, to_model_input  # noqa: E402
-from server.imaging import ImageError, label, stroke_width, to_mnist  # noqa: E402
+from server.imaging import (  # noqa: E402
+    ImageError,
+    label,
+    stroke_width,
+    to_mnist,
+    to_mnist_digits,
+)
 
 FONT_DIRS = [Path("/usr/share/fonts/truetype") / name for name in
              ("dejavu", "liberation", "freefont")]
@@ -164,6 +176,189 @@ def build_set(count: int, seed: int = 0) -> list[Upload]:
     return [render(i % 10, available[(i // 10) % len(available)], rng) for i in range(count)]
 
 
+# --- the hard corpus: what users upload that the realistic set above does not cover --------
+
+CASES = ("tight-crop", "low-res-8", "low-res-12", "low-res-16", "thick-marker", "blur")
+ENLARGE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+           "bicubic": Image.Resampling.BICUBIC}
+
+
+def _font_mask(digit: int, font_path: Path, rng: np.random.Generator) -> Image.Image:
+    """The digit as an 'L' coverage mask (255 = ink) cropped to its ink, slightly rotated."""
+    font = ImageFont.truetype(str(font_path), RENDER_SIZE)
+    left, top, right, bottom = font.getbbox(str(digit))
+    pad = RENDER_SIZE // 4
+    mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(mask).text((pad - left, pad - top), str(digit), fill=255, font=font)
+    mask = mask.rotate(float(rng.uniform(-8, 8)), resample=Image.Resampling.BICUBIC, expand=True)
+    return mask.crop(mask.getbbox())
+
+
+def _mnist_mask(image: np.ndarray) -> Image.Image:
+    """An MNIST digit (ink bright) enlarged 6x with bicubic, cropped to its ink."""
+    mask = Image.fromarray(image).resize((168, 168), Image.Resampling.BICUBIC)
+    return mask.crop(mask.getbbox())
+
+
+def _thicken(mask: Image.Image, fraction: float) -> Image.Image:
+    """Grow the strokes to about ``fraction`` of the glyph's height (a fat marker)."""
+    width = stroke_width(np.asarray(mask) > 127)
+    steps = max(0, round((fraction * mask.height - width) / 2))
+    padded = Image.new("L", (mask.width + 2 * steps, mask.height + 2 * steps), 0)
+    padded.paste(mask, (steps, steps))
+    for _ in range(steps // 2):  # two pixels a pass
+        padded = padded.filter(ImageFilter.MaxFilter(5))
+    return padded
+
+
+def _on_paper(mask: Image.Image, size: tuple[int, int], at: tuple[int, int],
+              rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """The coverage mask as ink on paper of a random grey level and polarity."""
+    coverage = np.zeros((size[1], size[0]), dtype=np.float32)
+    part = np.asarray(mask, dtype=np.float32)[:size[1] - at[1], :size[0] - at[0]] / 255
+    coverage[at[1]:at[1] + part.shape[0], at[0]:at[0] + part.shape[1]] = part
+    polarity = "dark-on-light" if rng.random() < 0.6 else "light-on-dark"
+    if polarity == "dark-on-light":
+        paper, ink = rng.uniform(170, 255), rng.uniform(0, 70)
+    else:
+        paper, ink = rng.uniform(0, 70), rng.uniform(180, 255)
+    gray = paper + (ink - paper) * coverage + rng.normal(0, rng.uniform(0, 4), coverage.shape)
+    return Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), mode="L"), polarity
+
+
+def hard_upload(case: str, digit: int, mask: Image.Image, source: str,
+                rng: np.random.Generator) -> Upload:
+    """One upload of ``case`` (see CASES) made from a coverage mask of ``digit``."""
+    tags = {"case": case, "source": source}
+    if case == "thick-marker":
+        mask = _thicken(mask, rng.uniform(0.2, 0.3))
+    if case.startswith("low-res"):
+        # scanned small: the digit, cropped to its ink with 0-2 px of margin, fits an s x s
+        # image, which is then enlarged for the upload
+        side = int(case.rsplit("-", 1)[1])
+        scale = side / (max(mask.size) * (1 + 0.04 * rng.uniform(0, 2)))
+        small = mask.resize((max(1, round(mask.width * scale)), max(1, round(mask.height * scale))),
+                            Image.Resampling.BOX)
+        at = ((side - small.width) // 2, (side - small.height) // 2)
+        image, tags["polarity"] = _on_paper(small, (side, side), at, rng)
+        enlarge = str(rng.choice(list(ENLARGE)))
+        tags["enlarge"] = enlarge
+        factor = int(rng.integers(4, 17))
+        image = image.resize((side * factor, side * factor), ENLARGE[enlarge])
+    else:
+        height = int(rng.integers(28, 240))
+        glyph = mask.resize((max(1, round(mask.width * height / mask.height)), height),
+                            Image.Resampling.LANCZOS)
+        if case == "tight-crop":  # cropped to the ink with 0-2 pixels of margin
+            margin = [int(m) for m in rng.integers(0, 3, size=4)]
+            size = (glyph.width + margin[0] + margin[2], glyph.height + margin[1] + margin[3])
+            at = (margin[0], margin[1])
+        else:  # thick-marker, blur: a digit on a page
+            size = (int(glyph.width * rng.uniform(1.3, 3)), int(height * rng.uniform(1.2, 2.5)))
+            at = (int(rng.integers(0, size[0] - glyph.width + 1)),
+                  int(rng.integers(0, size[1] - glyph.height + 1)))
+        image, tags["polarity"] = _on_paper(glyph, size, at, rng)
+        if case == "blur":
+            radius = float(rng.uniform(0.02, 0.06)) * height
+            image = image.filter(ImageFilter.GaussianBlur(radius))
+    fmt = "JPEG" if rng.random() < 0.3 else "PNG"
+    tags["format"] = fmt.lower()
+    params = {"quality": int(rng.integers(70, 95))} if fmt == "JPEG" else {}
+    return Upload(_encode(image, fmt, **params), digit, tags)
+
+
+def build_hard_set(count: int, seed: int = 0, mnist: tuple | None = None) -> list[Upload]:
+    """``count`` uploads cycling through CASES, digits and sources (fonts, and MNIST test digits
+    when ``mnist`` = (images, labels) is given); the same seed gives the same bytes."""
+    rng = np.random.default_rng(seed)
+    available = fonts()
+    uploads = []
+    for i in range(count):
+        case = CASES[i % len(CASES)]
+        if mnist is not None and i % 2:
+            images, labels = mnist
+            k = int(rng.integers(0, len(labels)))
+            digit, mask, source = int(labels[k]), _mnist_mask(images[k]), "mnist"
+        else:
+            digit = (i // len(CASES)) % 10
+            font = available[int(rng.integers(0, len(available)))]
+            mask, source = _font_mask(digit, font, rng), "font"
+        uploads.append(hard_upload(case, digit, mask, source, rng))
+    return uploads
+
+
+def number_upload(digits: list[int], masks: list[Image.Image], source: str,
+                  rng: np.random.Generator) -> Upload:
+    """The digits' coverage masks side by side (scaled to one height, separated by gaps of
+    5-40% of it, bottoms aligned within a few percent) as one upload of a written number."""
+    height = int(rng.integers(40, 160))
+    glyphs = [m.resize((max(1, round(m.width * height / m.height)), height),
+                       Image.Resampling.LANCZOS) for m in masks]
+    gaps = [int(height * rng.uniform(0.05, 0.4)) for _ in glyphs]
+    margin = int(height * rng.uniform(0.1, 0.6))
+    width = sum(g.width for g in glyphs) + sum(gaps[1:]) + 2 * margin
+    canvas = Image.new("L", (width, height + 2 * margin + height // 10), 0)
+    x = margin
+    for glyph, gap in zip(glyphs, [0] + gaps[1:]):
+        x += gap
+        canvas.paste(glyph, (x, margin + int(rng.integers(0, height // 10 + 1))))
+        x += glyph.width
+    image, polarity = _on_paper(canvas, canvas.size, (0, 0), rng)
+    fmt = "JPEG" if rng.random() < 0.3 else "PNG"
+    params = {"quality": int(rng.integers(70, 95))} if fmt == "JPEG" else {}
+    number = "".join(map(str, digits))
+    return Upload(_encode(image, fmt, **params), int(number),
+                  {"source": source, "digits": str(len(digits)), "polarity": polarity,
+                   "number": number})
+
+
+def build_number_set(count: int, seed: int = 0, mnist: tuple | None = None) -> list[Upload]:
+    """``count`` written numbers of 2-6 digits, from one font each, or from MNIST test digits
+    when ``mnist`` = (images, labels) is given (every other number)."""
+    rng = np.random.default_rng(seed)
+    available = fonts()
+    uploads = []
+    for i in range(count):
+        length = int(rng.integers(2, 7))
+        if mnist is not None and i % 2:
+            images, labels = mnist
+            picks = rng.integers(0, len(labels), size=length)
+            digits = [int(labels[k]) for k in picks]
+            masks, source = [_mnist_mask(images[k]) for k in picks], "mnist"
+        else:
+            digits = [int(d) for d in rng.integers(0, 10, size=length)]
+            font = available[int(rng.integers(0, len(available)))]
+            masks, source = [_font_mask(d, font, rng) for d in digits], "font"
+        uploads.append(number_upload(digits, masks, source, rng))
+    return uploads
+
+
+def evaluate_numbers(module, preprocessing: dict, uploads: list[Upload]) -> dict:
+    """Whole-number and digit-count accuracy of to_mnist_digits + one forward pass per number."""
+    right = count_right = 0
+    table: dict[str, list] = defaultdict(lambda: [0, 0])
+    start = time.perf_counter()
+    for upload in uploads:
+        try:
+            digits = to_mnist_digits(upload.data)
+        except ImageError:
+            digits = []
+        read = ""
+        if digits:
+            read = "".join(map(str, predict(module, preprocessing,
+                                            np.stack([image for image, _ in digits]))))
+        expected = upload.tags["number"]
+        right += read == expected
+        count_right += len(read) == len(expected)
+        for key in ("source", "digits"):
+            cell = table[f"{key} {upload.tags[key]}"]
+            cell[0] += read == expected
+            cell[1] += 1
+    return {"n": len(uploads), "right": right, "count_right": count_right,
+            "ms": 1000 * (time.perf_counter() - start) / max(1, len(uploads)),
+            "by": dict(sorted(table.items()))}
+
+
 def predict(module, preprocessing: dict, images: np.ndarray) -> np.ndarray:
     """Predicted digits for float (N, 28, 28) images in [0, 1]."""
     with no_grad():
@@ -243,7 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist-limit", type=int, default=None,
                         help="use only the first N MNIST test images")
     parser.add_argument("--by", default="format,polarity,stroke,rotation,size,digit,font",
-                        help="comma-separated breakdowns to print")
+                        help="comma-separated breakdowns of the realistic set to print")
+    parser.add_argument("--hard-count", type=int, default=3000,
+                        help="hard uploads to render: tight crops, low resolution, thick "
+                             "marker, blur (half from MNIST test digits with --mnist-dir)")
+    parser.add_argument("--number-count", type=int, default=500,
+                        help="written numbers of 2-6 digits to read with to_mnist_digits")
+    parser.add_argument("--hard-by", default="case,enlarge,source,polarity,format,digit",
+                        help="comma-separated breakdowns of the hard set to print")
     args = parser.parse_args(argv)
 
     try:
@@ -262,19 +464,42 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("MNIST round trip skipped: pass --mnist-dir or set MNIST_DIR")
 
-    start = time.perf_counter()
-    uploads = build_set(args.count, args.seed)
-    render_s = time.perf_counter() - start
-    predicted, seconds = evaluate_uploads(module, preprocessing, uploads)
-    labels = np.array([u.label for u in uploads])
-    refused = int(np.sum(predicted == -1))
-    print(f"realistic uploads ({len(uploads)}, seed {args.seed}): "
-          f"{100 * np.mean(predicted == labels):.2f}% correct, {refused} refused  "
-          f"(rendered in {render_s:.1f} s, to_mnist {1000 * seconds / len(uploads):.2f} ms/image)")
-    table = breakdown(uploads, predicted)
-    for tag in [t for t in args.by.split(",") if t in table]:
-        cells = "  ".join(f"{v} {100 * c / n:.1f}% ({n})" for v, (c, n) in table[tag].items())
-        print(f"  by {tag}: {cells}")
+    mnist = None
+    if args.mnist_dir and (args.hard_count or args.number_count):
+        directory = Path(args.mnist_dir)
+        mnist = (read_idx(_find(directory, "t10k-images-idx3-ubyte")),
+                 read_idx(_find(directory, "t10k-labels-idx1-ubyte")))
+    sets = [("realistic uploads", build_set, args.count, args.by),
+            ("hard uploads", lambda n, seed: build_hard_set(n, seed, mnist), args.hard_count,
+             args.hard_by)]
+    correct = total = 0
+    for name, build, count, by in sets:
+        if not count:
+            continue
+        start = time.perf_counter()
+        uploads = build(count, args.seed)
+        render_s = time.perf_counter() - start
+        predicted, seconds = evaluate_uploads(module, preprocessing, uploads)
+        labels = np.array([u.label for u in uploads])
+        refused = int(np.sum(predicted == -1))
+        correct, total = correct + int(np.sum(predicted == labels)), total + len(labels)
+        print(f"{name} ({len(uploads)}, seed {args.seed}): "
+              f"{100 * np.mean(predicted == labels):.2f}% correct, {refused} refused  "
+              f"(rendered in {render_s:.1f} s, to_mnist {1000 * seconds / len(uploads):.2f} "
+              "ms/image)")
+        table = breakdown(uploads, predicted)
+        for tag in [t for t in by.split(",") if t in table]:
+            cells = "  ".join(f"{v} {100 * c / n:.1f}% ({n})" for v, (c, n) in table[tag].items())
+            print(f"  by {tag}: {cells}")
+    if total:
+        print(f"whole set ({total}): {100 * correct / total:.2f}% correct")
+    if args.number_count:
+        r = evaluate_numbers(module, preprocessing,
+                             build_number_set(args.number_count, args.seed, mnist))
+        cells = "  ".join(f"{k} {100 * c / n:.1f}% ({n})" for k, (c, n) in r["by"].items())
+        print(f"written numbers of 2-6 digits ({r['n']}): {100 * r['right'] / r['n']:.2f}% read "
+              f"whole, {100 * r['count_right'] / r['n']:.2f}% with the right number of digits "
+              f"({r['ms']:.2f} ms/number)\n  by {cells}")
     return 0
 
 

@@ -1,23 +1,30 @@
 """Modules, initializers, the lab's networks, and saving/loading parameters as .npz."""
 
+from models.archive import ModelFileError, atomic_write, read_checkpoint, write_checkpoint
+from models.convnet import ConvNetwork
 from models.init import glorot_init, kaiming_init, zero_init
-from models.module import Module, ModuleList
+from models.module import IncompatibleKeys, Module, ModuleList
 from models.networks import DeepNetwork, LinearNetwork, build
 from models.preprocessing import preprocessing_config, to_model_input
-from models.serialization import ModelFileError, load, save
+from models.serialization import load, save
 
 __all__ = [
+    "ConvNetwork",
     "DeepNetwork",
+    "IncompatibleKeys",
     "LinearNetwork",
     "ModelFileError",
     "Module",
     "ModuleList",
+    "atomic_write",
     "build",
     "glorot_init",
     "kaiming_init",
     "load",
     "preprocessing_config",
+    "read_checkpoint",
     "save",
     "to_model_input",
+    "write_checkpoint",
     "zero_init",
 ]

@@ -85,6 +85,8 @@ class DeepNetwork(Module):
         return f"DeepNetwork({args})"
 
 
+# models.convnet adds ConvNetwork here when it is imported (always, by models/__init__.py):
+# it builds on LinearNetwork, so importing it from this module would be circular
 NETWORKS = {cls.__name__: cls for cls in (LinearNetwork, DeepNetwork)}
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, current_app, g, request
+from flask import Flask
 
 from models import ModelFileError
-from server import api, imaging
+from server import api, imaging, metrics, state, v2
 from server.errors import register_error_handlers
-from server.metrics import Metrics
 from server.model import LoadedModel
 
 #: Settings and their defaults; each can be set in the environment or in create_app's config.
@@ -27,7 +25,8 @@ DEFAULTS = {
     "MAX_BATCH_FILES": 16,
 }
 INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES")
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+log = logging.getLogger(__name__)
 
 
 class StartupError(RuntimeError):
@@ -36,14 +35,6 @@ class StartupError(RuntimeError):
     A RuntimeError because gunicorn's master prints those as one ``Error: ...`` line and exits
     1, where any other exception from a preloaded app is a traceback.
     """
-
-
-@dataclass
-class Serving:
-    """What the routes need, kept in ``app.extensions["digitgrad"]``: no module globals."""
-
-    model: LoadedModel
-    metrics: Metrics
 
 
 def load_settings(config: Mapping | None = None) -> dict:
@@ -74,34 +65,48 @@ def create_app(config: Mapping | None = None) -> Flask:
     try:
         model = LoadedModel(settings["MODEL_PATH"])
     except ModelFileError as exc:
-        raise StartupError(
-            f"cannot serve model {exc} (set MODEL_PATH to a file written by "
-            f"`python -m trainer`; current directory {Path.cwd()})"
-        ) from exc
+        raise StartupError(f"cannot serve model {exc} ({_what_to_do(exc)})") from exc
     # A model that loads but fails the self-test keeps the app up but not ready: /readyz
     # answers 503 with the reason, so an orchestrator holds traffic back and the log says why.
-    model.self_test()
-    app.extensions["digitgrad"] = Serving(model=model, metrics=Metrics())
+    if not model.self_test():
+        log.error("model %s is not ready: %s", model.path, model.self_test_error)
+    state.init_app(app, state.Serving(model=model, metrics=metrics.init_app(app)))
     app.register_blueprint(api.bp)
+    app.register_blueprint(v2.bp)
     register_error_handlers(app, imaging.ImageError)
-    app.before_request(_start_timer)
-    app.after_request(_record_request)
     return app
 
 
-def _start_timer() -> None:
-    g.started = time.perf_counter()
+def _what_to_do(exc: ModelFileError) -> str:
+    """The start-up error's advice: an unreadable file needs its mode fixed, not another path."""
+    if isinstance(exc.__cause__, PermissionError):
+        # Typically a container, whose user (uid 10001 in our image) is not the one who trained.
+        return (f"the file is there, but uid {os.getuid()} may not read it: make it readable, "
+                f"e.g. chmod a+r {Path(exc.path).name}")
+    return (f"set MODEL_PATH to a file written by `python -m trainer`; "
+            f"current directory {Path.cwd()}")
 
 
-def _record_request(response):
-    """Count every answered request (errors included) by route template, not raw path."""
-    started = g.get("started")
-    seconds = None if started is None else time.perf_counter() - started
-    # The rule's template bounds the label values; raw paths and methods would let any client
-    # create series without limit.
-    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    method = request.method if request.method in KNOWN_METHODS else "other"
-    current_app.extensions["digitgrad"].metrics.observe_request(
-        method, route, response.status_code, seconds
-    )
-    return response
+def reload_model(app: Flask) -> tuple[bool, str]:
+    """Load MODEL_PATH again (gunicorn's HUP): whether it now serves, and one line for the log.
+
+    The new file replaces the served model only if it loads and passes the self-test; if not,
+    the current model keeps serving and ``reload_error`` names the file and the problem for
+    /readyz. Never raises: it runs in gunicorn's master, which an exception would stop.
+    """
+    serving = state.get_serving(app)
+    path = app.config["MODEL_PATH"]
+    old_id = serving.model.model_id
+    try:
+        model = LoadedModel(path)
+        problem = None if model.self_test() else model.self_test_error
+    except ModelFileError as exc:
+        problem = exc.problem
+    except Exception as exc:  # whatever the file holds, the master and the old model survive
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        serving.reload_error = {"file": str(path), "error": problem}
+        return False, f"model reload refused, still serving {old_id}: {path}: {problem}"
+    serving.model = model
+    serving.reload_error = None
+    return True, f"model reloaded from {path}: now serving {model.model_id} (was {old_id})"

@@ -7,14 +7,16 @@ nothing a client sends is echoed back, and no traceback ever leaves the process.
 from __future__ import annotations
 
 from flask import Flask, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
+
+from server.state import get_serving
 
 
 class ApiError(Exception):
     """An error answered as-is: ``status``, a stable machine ``code`` and a user-facing message.
 
-    Same shape as ``server.imaging.ImageError`` (``.status``, ``.code``, ``str(e)``), so one
-    handler serves both.
+    Domain errors without a status (``server.imaging.ImageError``: ``.code``, ``str(e)``) get
+    theirs from DOMAIN_STATUSES, so one handler serves both.
     """
 
     def __init__(self, status: int, code: str, message: str):
@@ -28,14 +30,25 @@ HTTP_ERRORS = {
     400: ("bad_request", "The request could not be understood."),
     404: ("not_found", "No such endpoint; GET /openapi.json lists them."),
     405: ("method_not_allowed", "This endpoint does not accept that method."),
+    408: ("request_timeout", "The request body stopped arriving before it was complete; "
+                             "send the request again."),
     413: ("request_too_large", "The request body is too large."),
     415: ("unsupported_media_type", "Unsupported Content-Type."),
     500: ("internal_error", "Internal server error; it has been logged."),
     503: ("not_ready", "The service is not ready."),
 }
 
+#: HTTP statuses of the domain errors' codes (the imaging package knows nothing of HTTP).
+DOMAIN_STATUSES = {
+    "invalid_image": 400,
+    "unsupported_format": 415,
+    "image_too_large": 413,
+    "no_digit_found": 422,
+    "too_many_digits": 422,
+}
+
 #: Endpoints whose client errors count as rejected uploads in the metrics.
-REJECTION_ENDPOINTS = ("api.predict", "api.predict_batch")
+REJECTION_ENDPOINTS = ("api.predict", "api.predict_batch", "api.predict_number")
 
 
 def error_body(code: str, message: str) -> dict:
@@ -52,30 +65,61 @@ def error_response(status: int, code: str, message: str):
 
 def _count_rejection(code: str) -> None:
     if request.endpoint in REJECTION_ENDPOINTS:
-        current_app.extensions["digitgrad"].metrics.observe_rejection(code)
+        get_serving().metrics.observe_rejection(code)
+
+
+def status_of(exc: Exception) -> int:
+    """An ApiError's own status, or the one DOMAIN_STATUSES gives a domain error's code."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return DOMAIN_STATUSES.get(getattr(exc, "code", ""), 400)
 
 
 def handle_api_error(exc):
-    """ApiError and imaging's ImageError: status, code and message as raised."""
+    """ApiError and imaging's ImageError: status (mapped from the code), code and message."""
     _count_rejection(exc.code)
-    return error_response(exc.status, exc.code, str(exc))
+    return error_response(status_of(exc), exc.code, str(exc))
+
+
+def _read_timed_out(exc: HTTPException) -> bool:
+    """werkzeug reports a body read that hit the socket's deadline (gunicorn.conf.py's
+    CLIENT_READ_TIMEOUT) as a disconnect; the client may still be there to read a 408."""
+    return isinstance(exc, ClientDisconnected) and isinstance(exc.__context__, TimeoutError)
+
+
+def _too_large_message(exc: HTTPException) -> str:
+    """What was too large: werkzeug raises the same bare 413 for the body, the number of
+    multipart parts and one text field's size; where it was raised tells them apart."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    raised_in = frame.tb_frame.f_code.co_name if frame is not None else ""
+    if raised_in == "next_event":  # werkzeug.sansio.multipart: one part more than allowed
+        return (f"The form has more than {request.max_form_parts} parts; send only the "
+                "image field.")
+    if raised_in in ("parse", "receive_data"):  # a text part held in memory grew too big
+        return (f"A form text field is larger than the limit of "
+                f"{request.max_form_memory_size} bytes; send the image as a file field.")
+    if request.max_content_length:
+        return f"The request body is larger than the limit of {request.max_content_length} bytes."
+    return HTTP_ERRORS[413][1]
 
 
 def handle_http_exception(exc: HTTPException):
     """werkzeug's errors (404, 405, 413, ...) in the envelope, keeping headers such as Allow."""
     if exc.code is None or exc.code < 400:  # redirects and the like are not errors
         return exc
+    status = 408 if _read_timed_out(exc) else exc.code
     code, message = HTTP_ERRORS.get(
-        exc.code, (exc.name.lower().replace(" ", "_"), f"{exc.name}.")
+        status, (exc.name.lower().replace(" ", "_"), f"{exc.name}.")
     )
-    if exc.code == 413 and request.max_content_length:
-        limit = request.max_content_length
-        message = f"The request body is larger than the limit of {limit} bytes."
-    elif exc.code == 405 and getattr(exc, "valid_methods", None):
+    if status == 413:
+        message = _too_large_message(exc)
+    elif status == 405 and getattr(exc, "valid_methods", None):
         message = f"This endpoint accepts {', '.join(sorted(exc.valid_methods))}."
-    if exc.code in (413, 415):
+    if status in (413, 415):
         _count_rejection(code)
-    response = error_response(exc.code, code, message)
+    response = error_response(status, code, message)
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value
@@ -89,7 +133,8 @@ def handle_unexpected(exc: Exception):
 
 
 def register_error_handlers(app: Flask, *domain_errors: type[Exception]) -> None:
-    """JSON for every error: ``domain_errors`` (with .status/.code) as raised, the rest mapped."""
+    """JSON for every error: ``domain_errors`` (a .code; status from DOMAIN_STATUSES), ApiError
+    as raised, the rest mapped."""
     for cls in (ApiError, *domain_errors):
         app.register_error_handler(cls, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)

@@ -1,4 +1,6 @@
-"""Prometheus metrics of one app: requests, latency, predictions, rejections.
+"""Prometheus metrics of one app: requests, latency, per-stage latency, predictions, rejections.
+
+``init_app(app)`` creates them and hooks request counting and timing into the app.
 
 Each app registers its metrics in its own ``CollectorRegistry``: tests build many apps in one
 process, and the global registry would refuse the second set of names. Under gunicorn,
@@ -10,7 +12,11 @@ writes its values to files there and a scrape merges them, so whichever worker a
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,6 +30,11 @@ from prometheus_client import (
 # Latency buckets around what this service does: ~1 ms for /healthz, a few ms for a small
 # PNG, tens of ms for a large photo, up to seconds for a batch of them.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A stage can take 50 us (a small MLP's forward pass) or a second (a batch of photos).
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS)
+#: The stages of a prediction, as TorchServe and Triton report them.
+STAGES = ("decode", "preprocess", "inference", "encode")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def multiprocess_mode() -> bool:
@@ -63,6 +74,12 @@ class Metrics:
             "digitgrad_rejections", "Images or requests refused, by error code.",
             ["reason"], registry=self.registry,
         )
+        self.stages = Histogram(
+            "digitgrad_stage_duration_seconds",
+            "Time in each stage of a prediction (decode: request body to inputs; preprocess: "
+            "inputs to 28x28 images; inference: the model; encode: the response body), by route.",
+            ["route", "stage"], buckets=STAGE_BUCKETS, registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float | None) -> None:
         """Count one answered request and, when its start is known, its latency."""
@@ -78,6 +95,15 @@ class Metrics:
         """Count one refused image or request, by its error code."""
         self.rejections.labels(reason).inc()
 
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` of the current request's route (not if it raises)."""
+        if name not in STAGES:
+            raise ValueError(f"Unknown stage {name!r}; expected one of {STAGES}")
+        started = time.perf_counter()
+        yield
+        self.stages.labels(route_label(), name).observe(time.perf_counter() - started)
+
     def exposition(self) -> bytes:
         """The Prometheus text format: this app's values, or all workers' in multiprocess mode."""
         if multiprocess_mode():
@@ -87,3 +113,28 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def route_label() -> str:
+    """The current request's route template: bounded label values, unlike raw paths."""
+    return request.url_rule.rule if request.url_rule is not None else "unmatched"
+
+
+def init_app(app: Flask) -> Metrics:
+    """Create the app's metrics and count every answered request (errors included) with them."""
+    metrics = Metrics()
+
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    def record_request(response: Response) -> Response:
+        started = g.get("started")
+        seconds = None if started is None else time.perf_counter() - started
+        # Unknown methods would let any client create series without limit, as raw paths would.
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        metrics.observe_request(method, route_label(), response.status_code, seconds)
+        return response
+
+    app.before_request(start_timer)
+    app.after_request(record_request)
+    return metrics

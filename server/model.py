@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import numpy as np
 
 import models
 from autodiff import no_grad
-
-log = logging.getLogger(__name__)
 
 #: Length of the sha256 prefix that names the model in every prediction.
 MODEL_ID_LENGTH = 12
@@ -35,6 +32,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def class_names(path: Path, metadata: dict) -> list[str] | None:
+    """The file's class names (metadata["classes"], ten strings), or None when it has none.
+
+    MNIST models name none: the index is the digit. Fashion-MNIST models name theirs, and every
+    prediction then carries ``label`` beside the index.
+    """
+    classes = metadata.get("classes")
+    if classes is None:
+        return None
+    if not (isinstance(classes, list) and len(classes) == 10
+            and all(isinstance(c, str) and c for c in classes)):
+        raise models.ModelFileError(path, "metadata classes must be a list of 10 non-empty "
+                                          "strings (one name per output)")
+    return classes
+
+
 class LoadedModel:
     """A model file loaded for serving.
 
@@ -54,6 +67,7 @@ class LoadedModel:
             parameter.value = parameter.value.astype(np.float32, copy=False)
         self.sha256 = file_sha256(self.path)
         self.preprocessing = self.metadata.get("preprocessing")
+        self.classes = class_names(self.path, self.metadata)
         self.load_seconds = time.perf_counter() - started
         self.loaded_at = time.time()
         self.self_test_error: str | None = "self-test not run"
@@ -62,6 +76,10 @@ class LoadedModel:
     def model_id(self) -> str:
         """The sha256 prefix every prediction carries, so clients can tell models apart."""
         return self.sha256[:MODEL_ID_LENGTH]
+
+    def label(self, index: int) -> dict:
+        """``{"label": name}`` of class ``index`` for JSON answers; ``{}`` without class names."""
+        return {"label": self.classes[index]} if self.classes else {}
 
     @property
     def ready(self) -> bool:
@@ -79,12 +97,15 @@ class LoadedModel:
         """Predict a blank and a synthetic stroke; ready only if the answers are sane.
 
         Catches models that load but cannot serve (wrong output size, NaN or Inf logits from
-        overflowing weights). The reason is kept in ``self_test_error`` for logs and /readyz.
+        overflowing weights). The reason is kept in ``self_test_error`` for /readyz; the caller
+        logs it (once, in its own words: at start, or when a reload is refused).
         """
         images = np.zeros((2, 28, 28), dtype=np.float32)
         images[1, 4:24, 13:15] = 1.0  # a vertical bar: something like a "1"
         try:
-            probs = self.predict(images)
+            # Non-finite outputs are judged below; numpy's overflow warnings would only repeat it.
+            with np.errstate(all="ignore"):
+                probs = self.predict(images)
         except Exception as exc:  # any failure here means "not ready", with the reason
             self.self_test_error = f"self-test prediction raised {type(exc).__name__}: {exc}"
         else:
@@ -96,8 +117,6 @@ class LoadedModel:
                 self.self_test_error = "self-test: probabilities are not finite or do not sum to 1"
             else:
                 self.self_test_error = None
-        if self.self_test_error:
-            log.error("model %s is not ready: %s", self.path, self.self_test_error)
         return self.ready
 
     def info(self) -> dict:
@@ -117,4 +136,5 @@ class LoadedModel:
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "load_seconds": round(self.load_seconds, 4),
             "ready": self.ready,
+            **({"classes": self.classes} if self.classes else {}),  # as predictions' "label"
         }

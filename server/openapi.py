@@ -27,7 +27,8 @@ def _errors(*statuses: int) -> dict:
         405: "Method not allowed.",
         413: "Too many bytes, too many pixels, or too many files.",
         415: "Unsupported Content-Type or image format.",
-        422: "No digit found: the image is blank or uniformly inked.",
+        422: "No digit found: the image is blank or uniformly inked (or, for a number, more "
+             "digits than allowed).",
         503: "The model is not ready (see /readyz).",
     }
     return {str(s): _json("Error", reasons[s]) for s in statuses}
@@ -80,6 +81,21 @@ def openapi_document(config: Mapping) -> dict:
                 "responses": {"200": _json("Prediction", "The prediction."),
                               **_errors(400, 413, 415, 422, 503)},
             }},
+            "/predict/number": {"post": {
+                "summary": "Read a written number: its digits left to right.",
+                "description": "One image of a number, sent as for /predict. The ink is split "
+                               "into digits left to right (separated digits; touching ones may "
+                               "be read as one), all predicted in one forward pass. " + limits,
+                "parameters": [{
+                    "name": "debug", "in": "query", "required": False,
+                    "description": "1 adds each digit's `debug_image`, the 28x28 image the "
+                                   "model saw.",
+                    "schema": {"type": "string", "enum": ["0", "1"]},
+                }],
+                "requestBody": image_upload,
+                "responses": {"200": _json("NumberPrediction", "The number and its digits."),
+                              **_errors(400, 413, 415, 422, 503)},
+            }},
             "/predict/batch": {"post": {
                 "summary": "Predict several images in one forward pass.",
                 "description": f"Up to {config['MAX_BATCH_FILES']} files in the multipart field "
@@ -122,8 +138,9 @@ def openapi_document(config: Mapping) -> dict:
                                 "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The file."}, **_errors(404)},
             }},
+            **_v2_paths(config),
         },
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": {**SCHEMAS, **V2_SCHEMAS}},
     }
 
 
@@ -144,6 +161,31 @@ SCHEMAS = {
                             "description": "With ?debug=1: base64 PNG, the 28x28 input."},
         },
     },
+    "NumberPrediction": {
+        "type": "object",
+        "required": ["number", "digits", "model"],
+        "properties": {
+            "number": {"type": "string", "pattern": "^[0-9]+$",
+                       "description": "The digits read, left to right, as a string: leading "
+                                      "zeros are kept."},
+            "digits": {"type": "array", "minItems": 1, "items": {
+                "type": "object",
+                "required": ["digit", "confidence", "box"],
+                "properties": {
+                    "digit": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                    "box": {"type": "array", "minItems": 4, "maxItems": 4,
+                            "items": {"type": "integer", "minimum": 0},
+                            "description": "[x, y, width, height] of the digit's ink, in the "
+                                           "uploaded image's pixels."},
+                    "debug_image": {"type": "string", "format": "byte",
+                                    "description": "With ?debug=1: base64 PNG, the 28x28 "
+                                                   "input."},
+                },
+            }},
+            "model": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+        },
+    },
     "BatchPrediction": {
         "type": "object",
         "required": ["predictions"],
@@ -160,7 +202,8 @@ SCHEMAS = {
                 "code": {"type": "string", "description": "Stable, machine-readable: "
                          "bad_request, missing_field, empty_image, invalid_image, "
                          "unsupported_format, unsupported_media_type, image_too_large, "
-                         "request_too_large, too_many_files, no_digit_found, not_found, "
+                         "request_too_large, request_timeout, too_many_files, "
+                         "too_many_digits, no_digit_found, not_found, "
                          "method_not_allowed, not_ready, internal_error."},
                 "message": {"type": "string", "description": "For people; says what to do."},
             },
@@ -170,7 +213,12 @@ SCHEMAS = {
         "type": "object",
         "required": ["status"],
         "properties": {"status": {"type": "string", "enum": ["ok", "ready"]},
-                       "model": {"type": "string"}},
+                       "model": {"type": "string"},
+                       "reload_error": {
+                           "type": "object", "required": ["file", "error"],
+                           "description": "The last model reload that was refused; the "
+                                          "previous model keeps serving.",
+                           "properties": {"file": TEXT, "error": TEXT}}},
     },
     "ModelInfo": {
         "type": "object",
@@ -190,6 +238,144 @@ SCHEMAS = {
             "loaded_at": {"type": "string", "format": "date-time"},
             "load_seconds": {"type": "number"},
             "ready": {"type": "boolean"},
+        },
+    },
+}
+
+
+# --- the Open Inference Protocol (V2) routes --------------------------------------------------
+
+
+def _v2_errors(*statuses: int) -> dict:
+    reasons = {
+        400: "Bad shape, datatype or data, a limit exceeded, or an image the pipeline refuses.",
+        404: "No such model or version.",
+        413: "The body is over the limit (checked before it is parsed).",
+        503: "The model is not ready (see /v2/health/ready).",
+    }
+    return {str(s): _json("V2Error", reasons[s]) for s in statuses}
+
+
+def _v2_model_paths(suffix: str, operation: dict) -> dict:
+    """The same operation at /v2/models/{name}<suffix> and .../versions/{version}<suffix>."""
+    name = {"name": "name", "in": "path", "required": True,
+            "schema": {"type": "string", "enum": ["digitgrad", "digitgrad-image"]}}
+    version = {"name": "version", "in": "path", "required": True,
+               "description": "The model file's id (GET /model).", "schema": TEXT}
+    method = "post" if suffix.endswith("infer") else "get"
+    return {
+        f"/v2/models/{{name}}{suffix}": {method: {**operation, "parameters": [name]}},
+        f"/v2/models/{{name}}/versions/{{version}}{suffix}": {
+            method: {**operation, "parameters": [name, version]}},
+    }
+
+
+def _v2_paths(config: Mapping) -> dict:
+    """Health, metadata and inference of the Open Inference Protocol (KServe V2), REST."""
+    binary_body = {"type": "string", "format": "binary",
+                   "description": "The binary tensor data extension: the JSON request (its "
+                                  "length in the Inference-Header-Content-Length header), "
+                                  "then each input's bytes."}
+    infer = {
+        "summary": "Inference (Open Inference Protocol).",
+        "description": "`digitgrad` takes `pixels` FP32 [N, 28, 28] in [0, 1], ink bright on "
+                       "black; `digitgrad-image` takes `image` BYTES [N], each element an "
+                       "image file read as POST /predict reads it. Both answer "
+                       "`probabilities` FP32 [N, 10] and `digit` INT64 [N]. "
+                       f"N is 1 to {config['MAX_BATCH_FILES']}; at most "
+                       f"{config['MAX_UPLOAD_BYTES']} bytes per image file. Tensors as JSON "
+                       "or binary (binary_data_size, binary_data, binary_data_output).",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("V2InferenceRequest")},
+            "application/octet-stream": {"schema": binary_body},
+        }},
+        "responses": {
+            "200": {"description": "The outputs; binary ones after the JSON, whose length is "
+                                   "then in the Inference-Header-Content-Length header.",
+                    "content": {"application/json": {"schema": _ref("V2InferenceResponse")},
+                                "application/octet-stream": {"schema": binary_body}}},
+            **_v2_errors(400, 404, 413, 503),
+        },
+    }
+    return {
+        "/v2": {"get": {
+            "summary": "Server metadata (Open Inference Protocol).",
+            "responses": {"200": _json("V2ServerMetadata", "Name, version, extensions.")},
+        }},
+        "/v2/health/live": {"get": {
+            "summary": "Server liveness (Open Inference Protocol).",
+            "responses": {"200": _json("V2Live", "Alive.")},
+        }},
+        "/v2/health/ready": {"get": {
+            "summary": "Server readiness (Open Inference Protocol).",
+            "responses": {"200": _json("V2Ready", "Ready."),
+                          "503": _json("V2Ready", "Not ready.")},
+        }},
+        **_v2_model_paths("", {
+            "summary": "Model metadata: versions, inputs and outputs (Open Inference Protocol).",
+            "responses": {"200": _json("V2ModelMetadata", "The model."), **_v2_errors(404)},
+        }),
+        **_v2_model_paths("/ready", {
+            "summary": "Model readiness (Open Inference Protocol).",
+            "responses": {"200": _json("V2ModelReady", "Ready."),
+                          "503": _json("V2ModelReady", "Not ready."), **_v2_errors(404)},
+        }),
+        **_v2_model_paths("/infer", infer),
+    }
+
+
+_V2_TENSOR = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {"name": TEXT, "datatype": {"type": "string", "enum": ["FP32", "INT64",
+                                                                          "BYTES"]},
+                   "shape": {"type": "array", "items": {"type": "integer"}}},
+}
+_V2_PARAMETERS = {"type": "object", "additionalProperties": True}
+_V2_DATA = {"type": "array", "description": "Row-major, flat or nested.", "items": {}}
+
+V2_SCHEMAS = {
+    "V2Error": {"type": "object", "required": ["error"], "properties": {"error": TEXT}},
+    "V2ServerMetadata": {
+        "type": "object", "required": ["name", "version", "extensions"],
+        "properties": {"name": TEXT, "version": TEXT,
+                       "extensions": {"type": "array", "items": TEXT}},
+    },
+    "V2Live": {"type": "object", "required": ["live"],
+               "properties": {"live": {"type": "boolean"}}},
+    "V2Ready": {"type": "object", "required": ["ready"],
+                "properties": {"ready": {"type": "boolean"}}},
+    "V2ModelReady": {"type": "object", "required": ["name", "ready"],
+                     "properties": {"name": TEXT, "ready": {"type": "boolean"}}},
+    "V2ModelMetadata": {
+        "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {"name": TEXT, "versions": {"type": "array", "items": TEXT},
+                       "platform": TEXT,
+                       "inputs": {"type": "array", "items": _V2_TENSOR},
+                       "outputs": {"type": "array", "items": _V2_TENSOR}},
+    },
+    "V2InferenceRequest": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": TEXT,
+            "parameters": _V2_PARAMETERS,
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                **_V2_TENSOR, "properties": {**_V2_TENSOR["properties"],
+                                             "parameters": _V2_PARAMETERS, "data": _V2_DATA}}},
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string", "enum": ["probabilities", "digit"]},
+                               "parameters": _V2_PARAMETERS}}},
+        },
+    },
+    "V2InferenceResponse": {
+        "type": "object", "required": ["model_name", "model_version", "outputs"],
+        "properties": {
+            "model_name": TEXT, "model_version": TEXT,
+            "id": {"type": "string", "description": "The request's id, when it had one."},
+            "outputs": {"type": "array", "items": {
+                **_V2_TENSOR, "properties": {**_V2_TENSOR["properties"],
+                                             "parameters": _V2_PARAMETERS, "data": _V2_DATA}}},
         },
     },
 }

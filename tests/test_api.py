@@ -15,6 +15,7 @@ from PIL import Image
 
 from models import DeepNetwork, preprocessing_config, save
 from server import StartupError, create_app, imaging
+from server.state import get_serving
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = b"<script>do-not-echo-7f3a</script>"
@@ -80,7 +81,7 @@ def test_predict_raw_body_matches_multipart_and_the_model(client, app):
     multipart = client.post("/predict", data=upload(png)).get_json()
     assert raw == multipart
     image = imaging.to_mnist(png, max_pixels=10**6)
-    expected = app.extensions["digitgrad"].model.predict(image[None])
+    expected = get_serving(app).model.predict(image[None])
     np.testing.assert_allclose(raw["probabilities"], expected[0], rtol=1e-12)
 
 
@@ -221,7 +222,7 @@ def test_unexpected_error_is_a_bare_500_and_logged(app, client, monkeypatch, cap
     def broken(images):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(app.extensions["digitgrad"].model, "predict", broken)
+    monkeypatch.setattr(get_serving(app).model, "predict", broken)
     response = client.post("/predict", data=upload(digit_png()))
     error = assert_error(response, 500, "internal_error")
     assert "secret internals" not in error["message"]
@@ -253,7 +254,7 @@ def test_a_float64_model_is_served_in_float32(tmp_path):
     network = DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(1), dtype=np.float64)
     path = tmp_path / "f64.npz"
     save(network, path, {"preprocessing": preprocessing_config(0.1307, 0.3081)})
-    model = create_app({"MODEL_PATH": str(path)}).extensions["digitgrad"].model
+    model = get_serving(create_app({"MODEL_PATH": str(path)})).model
     assert {p.value.dtype for p in model.module.parameters()} == {np.dtype(np.float32)}
     images = np.random.default_rng(2).random((5, 28, 28))
     x = (images.reshape(5, 784) - 0.1307) / 0.3081
@@ -320,6 +321,21 @@ def test_metrics_count_requests_predictions_and_rejections(client):
     }
     for name, delta in expected.items():
         assert after[name] - before.get(name, 0.0) == delta, name
+
+
+def test_metrics_time_each_stage_of_a_prediction(client):
+    before = scrape(client)
+    client.post("/predict", data=upload(digit_png()))
+    client.post("/predict/batch", data={"images": [(io.BytesIO(digit_png()), "a.png")] * 2})
+    client.post("/predict", data=upload(blank_png()))  # refused in preprocess: not timed after
+    after = scrape(client)
+    for route, stages in [("/predict", {"decode": 2, "preprocess": 1, "inference": 1,
+                                        "encode": 1}),
+                          ("/predict/batch", {"decode": 1, "preprocess": 1, "inference": 1,
+                                              "encode": 1})]:
+        for stage, count in stages.items():
+            name = f'digitgrad_stage_duration_seconds_count{{route="{route}",stage="{stage}"}}'
+            assert after[name] - before.get(name, 0.0) == count, name
 
 
 def test_index_serves_the_drawing_page(app, client, tmp_path):

@@ -62,6 +62,9 @@ def page(browser, base_url):
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Chromium reports what the Content-Security-Policy blocked on the console
+    page.on("console", lambda msg: "Content Security Policy" in msg.text
+            and errors.append(msg.text))
     page.goto(base_url + "/")
     yield page
     context.close()
@@ -116,6 +119,13 @@ def test_page_is_accessible_and_offline(page, base_url):
     # everything the page loads comes from the app itself: no CDN
     urls = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(base_url) for u in urls), urls
+
+
+def test_page_is_served_with_security_headers(page, base_url):
+    headers = page.request.get(base_url + "/").headers
+    assert headers["x-content-type-options"] == "nosniff"
+    csp = headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
 
 
 def test_draw_a_seven_stroke_by_stroke(page):
@@ -177,3 +187,50 @@ def test_bad_file_shows_the_error(page):
     expect(page.locator("#status")).to_have_class("status error", timeout=TIMEOUT_MS)
     expect(page.locator("#status")).to_contain_text("could not be decoded")
     expect(page.locator("#digit")).to_have_text("–")
+
+
+def rendered_number_png(text: str) -> bytes:
+    """``text`` in DejaVu Sans Bold, digits a little apart, dark on light grey."""
+    font = ImageFont.truetype(str(FONT), 90)
+    image = Image.new("L", (70 * len(text) + 60, 160), 225)
+    draw = ImageDraw.Draw(image)
+    for i, char in enumerate(text):
+        draw.text((30 + 70 * i, 20), char, fill=30, font=font)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def expect_number(page, number: str | None, digits: int) -> None:
+    """The page shows a number of ``digits`` digits (``number`` exactly, unless None), one
+    entry per digit, and no single-digit bars."""
+    expect = sync_api.expect
+    expect(page.locator("#number-digits li")).to_have_count(digits, timeout=TIMEOUT_MS)
+    reads = page.locator("#number-digits li .read").all_inner_texts()
+    shown = "".join(reads)
+    if number is not None:
+        assert shown == number, reads
+    expect(page.locator("#digit")).to_have_text(shown)
+    expect(page.locator("#status")).to_contain_text(f"reads {shown}")
+    expect(page.locator("#bars")).to_be_hidden()
+
+
+def test_number_mode_reads_a_file_then_a_drawing(page):
+    page.get_by_label("A number").check()
+    box = page.locator("#canvas").bounding_box()
+    assert box["width"] > 1.5 * box["height"], "number mode gives a wide canvas"
+    page.locator("#file").set_input_files(
+        {"name": "number.png", "mimeType": "image/png", "buffer": rendered_number_png("407")})
+    expect_number(page, None, 3)  # font digits: the briefly trained model may misread one
+
+    page.get_by_role("button", name="Clear").click()
+    draw(page, [
+        [(0.2, 0.15), (0.2, 0.5), (0.2, 0.85)],  # a 1 on the left
+        [(0.55, 0.2), (0.68, 0.2), (0.8, 0.2)],  # a 7 on the right: its bar
+        [(0.8, 0.2), (0.74, 0.45), (0.68, 0.65), (0.64, 0.85)],  # and its stem
+    ])
+    expect_number(page, "17", 2)
+
+    page.get_by_label("One digit").check()  # back: a square canvas and the ten bars
+    sync_api.expect(page.locator("#bars")).to_be_visible()
+    sync_api.expect(page.locator("#number-digits")).to_be_hidden()

@@ -287,6 +287,32 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert mnist_data.default_data_dir() == tmp_path / "cache" / "digitgrad" / "mnist"
 
 
+def test_fashion_mnist_default_dir_and_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    assert mnist_data.default_data_dir("fashion-mnist") == tmp_path
+    monkeypatch.delenv("FASHION_MNIST_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    system = Path(mnist_data.DATASETS["fashion-mnist"].system_dir)
+    expected = system if not mnist_data.missing_files(system) else (
+        tmp_path / "cache" / "digitgrad" / "fashion-mnist")
+    assert mnist_data.default_data_dir("fashion-mnist") == expected
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path / "none", allow_download=False, dataset="fashion-mnist")
+    message = str(info.value)
+    assert message.startswith(f"fashion-mnist not found in {tmp_path / 'none'}")
+    assert "set FASHION_MNIST_DIR" in message and "apt install dataset-fashion-mnist" in message
+
+
+def test_fashion_mnist_from_debian_has_its_class_names():
+    directory = Path(mnist_data.DATASETS["fashion-mnist"].system_dir)
+    if mnist_data.missing_files(directory):
+        pytest.skip(f"Fashion-MNIST is not installed in {directory}")
+    data = load_mnist(directory, allow_download=False, dataset="fashion-mnist")
+    assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    assert data.checksums == mnist_data.DATASETS["fashion-mnist"].md5s
+
+
 def test_data_dir_that_is_a_file(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")

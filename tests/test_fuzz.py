@@ -1,4 +1,5 @@
-"""Property tests: whatever bytes arrive, /predict answers 200 or a 4xx JSON envelope, never 5xx."""
+"""Property tests: whatever bytes arrive, /predict answers 200 or a 4xx JSON envelope, never
+5xx; and whatever the picture, the pipeline's work stays within its bounds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from server import create_app
+from server import create_app, imaging
+from server.imaging import arrays, decode, limits, pipeline
 
 MAX_PIXELS = 1_000_000
 # The app is stateless between requests (only its metrics grow), so one per test is shared by
@@ -171,3 +173,117 @@ def test_batch_of_anything(client, files):
     assert len(entries) == len(files)
     for entry in entries:
         assert "digit" in entry or set(entry["error"]) == {"code", "message"}
+
+
+# --- the pipeline's cost, not only its answers ------------------------------------------------
+
+COST = settings(max_examples=25, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class WorkMeter:
+    """Pixels handed to the pipeline's primitives during one upload (numpy passes, labelling)."""
+
+    def __init__(self, monkeypatch):
+        self.pixels = {"ink map": 0, "labelled": 0, "morphology": 0}
+
+        def count(owner, name, key, size):
+            original = getattr(owner, name)
+
+            def wrapper(*args, **kwargs):
+                self.pixels[key] = (max(self.pixels[key], size(*args)) if key == "ink map"
+                                    else self.pixels[key] + size(*args))
+                return original(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, wrapper)
+
+        count(pipeline, "_extract_ink", "ink map", lambda gray: gray.size)
+        count(arrays, "runs", "labelled", lambda mask: mask.size)
+        count(arrays, "morph_step", "morphology", lambda image, *a: image.size)
+
+    def reset(self) -> None:
+        self.pixels = dict.fromkeys(self.pixels, 0)
+
+
+@pytest.fixture
+def meter(monkeypatch) -> WorkMeter:
+    return WorkMeter(monkeypatch)
+
+
+def drawn_upload(width, height, shapes, polarity, noise, fmt, seed) -> bytes:
+    """Shapes (filled rectangles, rings, lines of any width) on noisy paper, encoded as fmt."""
+    rng = np.random.default_rng(seed)
+    paper, ink = (235, 20) if polarity else (20, 235)
+    image = Image.new("L", (width, height), paper)
+    draw = ImageDraw.Draw(image)
+    for kind, x0, y0, x1, y1, stroke in shapes:
+        box = sorted((x0 * width, x1 * width)), sorted((y0 * height, y1 * height))
+        xy = (box[0][0], box[1][0], box[0][1], box[1][1])
+        if kind == "rectangle":  # filled: the solid-square attack and its relatives
+            draw.rectangle(xy, fill=ink)
+        elif kind == "ellipse":
+            draw.ellipse(xy, outline=ink, width=max(1, int(stroke * min(width, height))))
+        else:
+            draw.line(xy, fill=ink, width=max(1, int(stroke * min(width, height))))
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, noise, (height, width))
+    out = io.BytesIO()
+    params = {"progressive": True} if fmt == "progressive JPEG" else {}
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+        out, format="JPEG" if "JPEG" in fmt else fmt, **params)
+    return out.getvalue()
+
+
+SHAPES = st.lists(st.tuples(st.sampled_from(["rectangle", "ellipse", "line"]),
+                            st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1),
+                            st.floats(0.01, 0.5)), min_size=0, max_size=6)
+
+
+@COST
+@given(width=st.integers(1, 800), height=st.integers(1, 800), shapes=SHAPES,
+       polarity=st.booleans(), noise=st.sampled_from([0, 3, 20, 80]),
+       fmt=st.sampled_from(["PNG", "JPEG", "progressive JPEG", "BMP"]), seed=st.integers(0, 99))
+def test_pipeline_work_is_bounded_whatever_the_picture(meter, width, height, shapes, polarity,
+                                                       noise, fmt, seed):
+    """Solid blocks, thick rings, noise, any size: the work after decoding never exceeds what
+    a WORK_SIZE picture and a STROKE_SIZE stroke stage allow."""
+    data = drawn_upload(width, height, shapes, polarity, noise, fmt, seed)
+    meter.reset()
+    for read in (imaging.to_mnist, imaging.to_mnist_digits):
+        try:
+            read(data)
+        except imaging.ImageError:
+            pass
+    stroke = pipeline.STROKE_SIZE + 2 * (pipeline.STROKE_SIZE // 2)
+    assert meter.pixels["ink map"] <= decode.WORK_SIZE**2
+    assert meter.pixels["morphology"] <= 2 * (pipeline.STROKE_SIZE // 2) * stroke**2
+    # per read: the coarse map, the paper map, and the thinning's checks on the stroke map
+    assert meter.pixels["labelled"] <= 2 * (pipeline.COARSE_SIZE**2 + 64**2 + (
+        pipeline.STROKE_SIZE // 2 + 1) * pipeline.STROKE_SIZE**2)
+
+
+@COST
+@given(repeats=st.integers(0, 3000), side=st.sampled_from([64, 512, 2048]),
+       cut=st.floats(0.2, 1))
+def test_jpeg_scan_budget_whatever_the_scans(repeats, side, cut):
+    """Repeated (and truncated) progressive scans: refused exactly when the blocks decoded over
+    all scans pass the budget, and never another error."""
+    out = io.BytesIO()
+    Image.new("L", (side, side), 180).save(out, format="JPEG", progressive=True)
+    data = out.getvalue()
+    last = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    data = data[:end] + data[last:end] * repeats + data[end:]
+    data = data[:max(4, int(len(data) * cut))]
+    scans = data.count(b"\xff\xda")
+    try:
+        visits, _ = limits.jpeg_work(data)
+    except imaging.ImageTooLarge:  # refused on the number of segments alone
+        assert 2 * scans > limits.MAX_JPEG_SEGMENTS
+        return
+    assert visits <= scans * (-(-side // 8)) ** 2
+    try:
+        imaging.to_mnist(data)
+    except imaging.ImageTooLarge:
+        assert visits > limits.MAX_JPEG_BLOCK_VISITS
+    except imaging.ImageError:
+        assert visits <= limits.MAX_JPEG_BLOCK_VISITS

@@ -1,5 +1,7 @@
 """server.imaging: every accepted format and mode, polarity, transparency, EXIF orientation,
-placement, specks, centring, the errors, idempotence on MNIST, realistic uploads."""
+placement, tight crops, small scans enlarged, specks, centring, the errors, idempotence on
+MNIST, the hard corpus never refused, realistic uploads. (Hostile files: test_hostile.py;
+written numbers: test_segment.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import importlib.util
 import io
 import struct
 import sys
-import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -277,7 +279,77 @@ def test_tightly_cropped_fat_digit_is_not_taken_for_a_sheet(reference):
     ink_fraction = float(np.mean(np.asarray(fat) < 128))
     assert ink_fraction > 0.5
     image = to_mnist(encode(fat))
-    assert np.corrcoef(image.ravel(), reference.ravel())[0, 1] > 0.6
+    # a 7 however fat (taken for a sheet, the paper would come out as ink: correlation <= 0)
+    assert np.corrcoef(image.ravel(), reference.ravel())[0, 1] > 0.5
+
+
+# --- tight crops, low-resolution scans, the hard corpus ------------------------------------
+
+
+def _tight(image: Image.Image, margin: int = 0) -> Image.Image:
+    """Cropped to the ink (dark pixels) with ``margin`` pixels of paper left around it."""
+    left, top, right, bottom = image.point(lambda v: 255 if v < 128 else 0).getbbox()
+    return image.crop((left - margin, top - margin, right + margin, bottom + margin))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("margin", [0, 1, 2])
+@pytest.mark.parametrize("ink, paper", [(20, 235), (235, 20)])
+def test_tight_crops_touching_the_edges_are_read(reference, margin, ink, paper):
+    image = _tight(draw_digit(ink=min(ink, paper), paper=max(ink, paper)), margin)
+    if ink > paper:
+        image = Image.eval(image, lambda v: 255 - v)
+    result = to_mnist(encode(image))
+    assert _correlation(result, reference) > 0.9, f"margin {margin}, ink {ink}"
+
+
+@pytest.mark.parametrize("side", [8, 12, 16])
+@pytest.mark.parametrize("resample", ["NEAREST", "BILINEAR", "BICUBIC"])
+def test_small_scans_enlarged_keep_their_strokes_whole(reference, side, resample):
+    """A digit scanned at 8-16 pixels and enlarged: read, one piece, like the reference."""
+    digit = _tight(draw_digit(width=16), 1)
+    small = digit.resize((side * digit.width // digit.height, side), Image.Resampling.BOX)
+    big = small.resize((small.width * 12, small.height * 12), Image.Resampling[resample])
+    result = to_mnist(encode(big))
+    # an 8-pixel stroke is partly grey blocks: a quarter of full ink still joins it up
+    assert imaging.label(result > 0.25)[1] == 1, "the strokes broke apart"
+    assert _correlation(result, reference) > 0.75
+
+
+def test_ink_along_the_border_does_not_pass_for_paper(reference):
+    """A digit filling a blurry 8x8 enlargement: its border is half ink (the paper fit's
+    residual is ink, not noise), and it is still read, not refused."""
+    digit = _tight(draw_digit(width=18))
+    small = digit.resize((8, 8), Image.Resampling.BOX)
+    result = to_mnist(encode(small.resize((128, 128), Image.Resampling.BICUBIC)))
+    assert _correlation(result, reference) > 0.7
+
+
+def _hard_set(count: int, seed: int, mnist=None):
+    uploads = _bench_uploads()
+    try:
+        uploads.fonts()
+    except SystemExit as exc:
+        pytest.skip(str(exc))
+    return uploads.build_hard_set(count, seed, mnist)
+
+
+def test_hard_corpus_is_never_refused():
+    """Tight crops, small scans enlarged every way, fat markers, blur, both polarities: every
+    one gives a digit (the model may still misread some; bench/uploads.py measures that)."""
+    for upload in _hard_set(120, seed=11):
+        to_mnist(upload.data)  # raises on a refusal
+
+
+def test_hard_corpus_of_mnist_digits_is_never_refused(mnist_dir):
+    uploads = _bench_uploads()
+    images = uploads.read_idx(uploads._find(mnist_dir, "t10k-images-idx3-ubyte"))[:500]
+    labels = uploads.read_idx(uploads._find(mnist_dir, "t10k-labels-idx1-ubyte"))[:500]
+    for upload in _hard_set(120, seed=12, mnist=(images, labels)):
+        to_mnist(upload.data)
 
 
 # --- specks and empty images ----------------------------------------------------------------
@@ -312,7 +384,7 @@ def test_salt_and_pepper_noise_is_ignored(reference):
 def test_blank_or_uniform_images_have_no_digit(name, image):
     with pytest.raises(NoDigitFound) as info:
         to_mnist(encode(image))
-    assert info.value.status == 422 and info.value.code == "no_digit_found"
+    assert info.value.code == "no_digit_found"
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -346,7 +418,7 @@ def _png_header(width: int, height: int, idat: bool = True) -> bytes:
 def test_garbage_is_invalid_image(name, data):
     with pytest.raises(InvalidImage) as info:
         to_mnist(data)
-    assert info.value.status == 400 and info.value.code == "invalid_image"
+    assert info.value.code == "invalid_image"
 
 
 @pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX", "QOI", "JPEG2000"])
@@ -357,7 +429,7 @@ def test_formats_we_do_not_accept_are_unsupported(fmt):
         pytest.skip(f"this Pillow cannot write {fmt}")
     with pytest.raises(UnsupportedFormat) as info:
         to_mnist(data)
-    assert info.value.status == 415 and info.value.code == "unsupported_format"
+    assert info.value.code == "unsupported_format"
 
 
 @pytest.mark.parametrize("data", [
@@ -376,13 +448,17 @@ def test_phone_and_vector_formats_are_unsupported(data):
 @pytest.mark.parametrize("pillow_limit", ["default", "disabled"])
 def test_huge_declared_size_is_refused_before_decoding(width, height, pillow_limit, monkeypatch):
     """Our own check on the declared size, whatever Pillow's MAX_IMAGE_PIXELS says."""
+    from PIL import ImageFile
+
     if pillow_limit == "disabled":
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
-    start = time.perf_counter()
+    decodes = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decodes.append(im) or original(im))
     with pytest.raises(ImageTooLarge) as info:
         to_mnist(_png_header(width, height))  # 1 kB of pixels: decoding would fail otherwise
-    assert time.perf_counter() - start < 0.5
-    assert info.value.status == 413 and info.value.code == "image_too_large"
+    assert info.value.code == "image_too_large"
+    assert not decodes, "no pixel may be decoded"
 
 
 def test_huge_gif_and_bmp_headers_are_refused():
@@ -393,6 +469,19 @@ def test_huge_gif_and_bmp_headers_are_refused():
     for data in (gif, bmp):
         with pytest.raises(ImageTooLarge):
             to_mnist(data)
+
+
+def test_concurrent_decoding_leaves_the_warning_filters_alone():
+    """The decompression-bomb warning is silenced by one filter set at import, not by
+    warnings.catch_warnings() around each decode, which is not thread-safe: under threads
+    it left an "ignore everything" filter installed in the process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = list(warnings.filters)
+    uploads = [encode(draw_digit(size=(120 + k, 100))) for k in range(8)] * 4
+    with ThreadPoolExecutor(4) as pool:
+        assert all(image.shape == (28, 28) for image in pool.map(to_mnist, uploads))
+    assert warnings.filters == before
 
 
 def test_max_pixels_is_configurable():
@@ -430,12 +519,17 @@ def test_corrupted_files_never_raise_anything_else():
             assert result.shape == (28, 28) and np.isfinite(result).all()
 
 
-def test_large_photos_are_fast():
+def test_large_photos_are_decoded_small(monkeypatch):
+    """libjpeg decodes a 12 MP photo at 1/8 scale: the pipeline never sees more than
+    WORK_SIZE a side."""
     photo = draw_digit((4000, 3000), (1200, 600, 2600, 2600), width=160, mode="RGB")
     data = encode(photo, "JPEG", quality=85)
-    start = time.perf_counter()
+    seen = []
+    original = imaging.pipeline._extract_ink
+    monkeypatch.setattr(imaging.pipeline, "_extract_ink", lambda g: seen.append(g.shape)
+                        or original(g))
     image = to_mnist(data)
-    assert time.perf_counter() - start < 1.0
+    assert len(seen) == 1 and max(seen[0]) <= imaging.decode.WORK_SIZE, seen
     cy, cx = centre_of_mass(image)
     assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
 

@@ -9,6 +9,7 @@ from autodiff import Parameter, SGDWithMomentum, cross_entropy, nll, no_grad
 from autodiff.gradcheck import gradcheck
 from models import (
     DeepNetwork,
+    IncompatibleKeys,
     LinearNetwork,
     Module,
     ModuleList,
@@ -42,6 +43,21 @@ def test_custom_module_discovers_nested_parameters():
     assert names == ["scale", "blocks.0.W", "blocks.0.b", "blocks.1", "head.W", "head.b"]
 
 
+def test_module_list_is_a_module_that_behaves_like_a_list():
+    layers = ModuleList([LinearNetwork(3, 4), LinearNetwork(4, 2)])
+    assert isinstance(layers, Module) and len(layers) == 2
+    assert layers[1].dim_output == 2 and [m.dim_input for m in layers] == [3, 4]
+    head = layers[:-1]
+    assert isinstance(head, ModuleList) and len(head) == 1 and head[0] is layers[0]
+    layers.append(LinearNetwork(2, 1))
+    assert [n for n, _ in layers.named_parameters("net.")] == [
+        "net.0.W", "net.0.b", "net.1.W", "net.1.b", "net.2.W", "net.2.b"]
+    assert list(layers.state_dict()) == ["0.W", "0.b", "1.W", "1.b", "2.W", "2.b"]
+    layers.zero_grad()  # Module's methods work on it
+    assert layers.num_parameters() == 3 * 4 + 4 + 4 * 2 + 2 + 2 + 1
+    assert ModuleList().parameters() == []
+
+
 def test_zero_grad_on_module():
     model = LinearNetwork(3, 2)
     model(np.ones((1, 3), dtype=np.float32)).sum().backward()
@@ -70,10 +86,14 @@ def test_load_state_dict_reports_every_problem_at_once():
 def test_load_state_dict_copies_in_place_and_non_strict_skips_missing():
     model = LinearNetwork(3, 2)
     w = model.W.value
-    model.load_state_dict({"W": np.full((3, 2), 7.0, np.float32)}, strict=False)
+    keys = model.load_state_dict({"W": np.full((3, 2), 7.0, np.float32),
+                                  "extra": np.zeros(1)}, strict=False)
     assert model.W.value is w and (w == 7).all()
+    assert keys == IncompatibleKeys(missing_keys=["b"], unexpected_keys=["extra"])
+    assert keys.missing_keys == ["b"] and keys.unexpected_keys == ["extra"]  # as PyTorch names
     with pytest.raises(StateDictError, match='missing "b"'):
         model.load_state_dict({"W": w})
+    assert model.load_state_dict(model.state_dict()) == ([], [])
 
 
 def test_initializers():

@@ -13,8 +13,18 @@ import numpy as np
 import pytest
 
 from autodiff import no_grad
-from models import DeepNetwork, LinearNetwork, ModelFileError, load, save
-from models.serialization import META_KEY, atomic_write, read_npz, write_npz
+from models import (
+    ConvNetwork,
+    DeepNetwork,
+    LinearNetwork,
+    ModelFileError,
+    atomic_write,
+    load,
+    read_checkpoint,
+    save,
+    write_checkpoint,
+)
+from models.archive import FORMAT_VERSION, META_KEY, read_archive
 
 
 @pytest.fixture
@@ -55,8 +65,47 @@ def test_file_holds_arrays_by_name_and_one_json_string(saved):
             [META_KEY, "layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b",
              "layers.2.W", "layers.2.b"])
         meta = json.loads(str(archive[META_KEY]))
-    assert meta["format"] == "digitgrad" and meta["format_version"] == 1
-    assert meta["architecture"]["class"] == "DeepNetwork"
+    assert meta["format"] == "digitgrad" and meta["format_version"] == FORMAT_VERSION == 2
+    assert meta["architecture"]["class"] == "DeepNetwork" and meta["kind"] == "model"
+
+
+def version_1_file(path: Path, model: DeepNetwork, metadata: dict) -> Path:
+    """A model file exactly as digitgrad 0.1 wrote it (format version 1), built by hand."""
+    meta = {"format": "digitgrad", "format_version": 1, "kind": "model",
+            "architecture": model.config(), "dtype": "float32", "metadata": metadata}
+    np.savez(path, **model.state_dict(), **{META_KEY: np.array(json.dumps(meta))})
+    return path
+
+
+def test_version_1_files_still_load(tmp_path, model):
+    path = version_1_file(tmp_path / "old.npz", model, {"preprocessing": {"mean": 0.1}})
+    loaded, metadata = load(path)
+    assert loaded.config() == model.config() and metadata == {"preprocessing": {"mean": 0.1}}
+    x = np.random.default_rng(1).random((3, 20), dtype=np.float32)
+    with no_grad():
+        np.testing.assert_array_equal(loaded(x).value, model(x).value)
+
+
+def test_conv_network_round_trips(tmp_path):
+    model = ConvNetwork(channels=(3, 4), kernel_sizes=(3, 5), paddings=(1, 0), hidden_dims=(16,),
+                        rng=np.random.default_rng(0))
+    save(model, tmp_path / "cnn.npz", {"classes": ["a"] * 10})
+    loaded, metadata = load(tmp_path / "cnn.npz")
+    assert loaded.config() == model.config() and metadata == {"classes": ["a"] * 10}
+    x = np.random.default_rng(1).random((2, 784), dtype=np.float32)
+    with no_grad():
+        np.testing.assert_array_equal(loaded(x).value, model(x).value)
+
+
+def test_checkpoint_files_are_not_models_and_vice_versa(tmp_path, saved):
+    path = tmp_path / "ck.npz"
+    write_checkpoint(path, {"model/W": np.ones(3, np.float32)}, {"config": {"lr": 0.1}})
+    arrays, meta = read_checkpoint(path)
+    assert list(arrays) == ["model/W"] and meta["config"] == {"lr": 0.1}
+    assert meta["kind"] == "checkpoint" and meta["format_version"] == FORMAT_VERSION
+    expect_error(path, "is a checkpoint file, not a model")
+    with pytest.raises(ModelFileError, match="is a model file, not a checkpoint"):
+        read_checkpoint(saved)
 
 
 def test_atomic_write_gives_the_mode_of_a_normal_file(tmp_path):
@@ -94,8 +143,12 @@ def test_save_over_an_existing_file_replaces_it(tmp_path, model):
 
 # -- every way a file can be bad ------------------------------------------------------------
 def rewrite(path: Path, **changes):
-    """Re-save a model file with some arrays replaced (None deletes) or the meta changed."""
-    arrays, meta = read_npz(path)
+    """Re-save a model file with some arrays replaced (None deletes) or the meta changed.
+
+    Written by hand (not by write_archive, which stamps format, version and kind) so that a
+    test can write any metadata at all.
+    """
+    arrays, meta = read_archive(path)
     meta.update(changes.pop("meta", {}))
     for name, value in changes.items():
         name = name.replace("__", ".")
@@ -103,7 +156,7 @@ def rewrite(path: Path, **changes):
             del arrays[name]
         else:
             arrays[name] = value
-    write_npz(path, arrays, meta)
+    np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta))})
 
 
 def expect_error(path, *fragments):
@@ -175,22 +228,25 @@ def test_wrong_dtype(saved):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_values(saved, bad):
-    arrays, _ = read_npz(saved)
+    arrays, _ = read_archive(saved)
     w = arrays["layers.1.W"].copy()
     w[2, 3] = bad
     rewrite(saved, layers__1__W=w)
     expect_error(saved, "layers.1.W contains NaN or Inf values")
 
 
-def test_unknown_architecture_and_future_version(saved):
+def test_unknown_architecture_and_unknown_versions(saved):
     rewrite(saved, meta={"architecture": {"class": "Transformer"}})
     expect_error(saved, "unknown architecture")
-    rewrite(saved, meta={"format_version": 99})
-    expect_error(saved, "format version 99 is not supported")
+    arrays, meta = read_archive(saved)
+    for version in (99, 0, "2", True):
+        np.savez(saved, **arrays, **{META_KEY: np.array(json.dumps({**meta,
+                                                                      "format_version": version}))})
+        expect_error(saved, f"format version {version!r} is not supported", "supports 1 to 2")
 
 
 def test_invalid_json_metadata(saved):
-    arrays, _ = read_npz(saved)
+    arrays, _ = read_archive(saved)
     np.savez(saved, **arrays, **{META_KEY: np.array("{not json")})
     expect_error(saved, "metadata is not valid JSON")
 

@@ -1,7 +1,8 @@
 """The trainer: CLI, training loop, checkpoints and resume, divergence, outputs.
 
-Most tests train a small network on a generated, learnable digit-like data set (always
-available, a second or two each); one trains on the first 10,000 real MNIST images.
+Most tests train a small MLP (cheapest) or a small CNN on a generated, learnable digit-like
+data set (always available, a second or two each); one trains the default CNN on the first
+10,000 real MNIST images, one a small CNN on Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import numpy as np
 import pytest
 
 import trainer.__main__ as cli
+import trainer.run
 from autodiff import ComputationGraphNode, no_grad
-from models import load, to_model_input
-from trainer.augment import AugmentConfig, augment_batch, warp
+from models import load, read_checkpoint, to_model_input
+from models.archive import META_KEY
+from trainer.augment import AugmentConfig, augment_batch, elastic_offsets, lowres_matrix, warp
+from trainer.checkpoints import load_checkpoint
+from trainer.cli import build_parser
+from trainer.config import CHECKPOINT_NAME
 from trainer.data import FILES, encode_idx, load_mnist
-from trainer.loop import CHECKPOINT_NAME, load_checkpoint, prefetch
+from trainer.loop import prefetch
 from trainer.report import Progress, confusion_matrix, per_class_accuracy
 from trainer.schedule import LRSchedule
 
@@ -54,15 +60,19 @@ def write_synthetic_mnist(directory: Path, seed: int) -> Path:
     return directory
 
 
+SMALL_MLP = ("--arch", "mlp", "--hidden-dim", "32", "--layers", "1")
+SMALL_CNN = ("--channels", "4,8", "--fc-dims", "32")
+
+
 def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
-        ckpt: str = "ckpt") -> int:
-    """main() on small defaults, writing into tmp_path.
+        ckpt: str = "ckpt", arch: tuple[str, ...] = SMALL_MLP) -> int:
+    """main() on small defaults (a small MLP unless ``arch`` says otherwise), into tmp_path.
 
     No augmentation unless ``flags`` ask for it (``--augment``): the synthetic digits are random
     pixel patterns, which warps scramble rather than vary.
     """
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / out),
-            "--checkpoint-dir", str(tmp_path / ckpt), "--hidden-dim", "32", "--layers", "1",
+            "--checkpoint-dir", str(tmp_path / ckpt), *arch,
             "--train-size", "400", "--batch-size", "32", "--no-augment", *flags]
     return cli.main(argv)
 
@@ -118,7 +128,7 @@ def test_augment_keeps_shape_range_and_is_reproducible():
 def test_identity_warp_changes_nothing():
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     cfg = AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), max_shear=0,
-                        thickness_probability=0)
+                        thickness_probability=0).without("elastic", "blur", "lowres")
     np.testing.assert_allclose(augment_batch(images, np.random.default_rng(0), cfg), images,
                                atol=1e-6)
 
@@ -127,7 +137,7 @@ def test_shear_slants_a_vertical_stroke():
     image = np.zeros((32, 28, 28), dtype=np.float32)
     image[:, 4:24, 13:15] = 1.0
     cfg = AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), max_shear=0.3,
-                        thickness_probability=0)
+                        thickness_probability=0).without("elastic", "blur", "lowres")
     slanted = augment_batch(image, np.random.default_rng(0), cfg)
     rows = np.arange(6, 22)
     columns = (slanted[:, rows] * np.arange(28)).sum(axis=2) / slanted[:, rows].sum(axis=2)
@@ -137,6 +147,47 @@ def test_shear_slants_a_vertical_stroke():
     residual = columns - (slopes[:, None] * rows + columns.mean(1, keepdims=True)
                           - slopes[:, None] * rows.mean())
     assert np.abs(residual).max() < 0.1  # a straight slanted stroke, not a bent one
+
+
+ONLY = {name: AugmentConfig(max_shift=0, max_rotation=0, scale_range=(1, 1), max_shear=0,
+                           **{f"{name}_probability": 1.0}).without(
+    *({"elastic", "blur", "lowres", "thickness"} - {name})) for name in ("elastic", "blur",
+                                                                          "lowres")}
+
+
+def test_elastic_distortion_is_smooth_and_small():
+    offsets = elastic_offsets(64, np.random.default_rng(0), ONLY["elastic"])
+    assert offsets.shape == (2, 64, 28, 28) and offsets.dtype == np.float32
+    assert 0.5 < np.abs(offsets).max() < 8  # pixels: a visible but digit-preserving warp
+    # smooth: neighbouring pixels move almost together
+    assert np.abs(np.diff(offsets, axis=2)).max() < np.abs(offsets).max() / 3
+    images = synthetic_digits(8, np.random.default_rng(0))[0] / np.float32(255)
+    warped = augment_batch(images, np.random.default_rng(1), ONLY["elastic"])
+    assert not np.allclose(warped, images)
+    assert warped.sum() == pytest.approx(images.sum(), rel=0.1)  # ink moved, not created
+
+
+def test_blur_spreads_ink_and_keeps_its_amount():
+    image = np.zeros((4, 28, 28), dtype=np.float32)
+    image[:, 14, 14] = 1.0
+    blurred = augment_batch(image, np.random.default_rng(0), ONLY["blur"])
+    assert (blurred[:, 14, 14] < 0.5).all() and (blurred[:, 14, 15] > 0.02).all()
+    np.testing.assert_allclose(blurred.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(blurred[0], blurred[0].T, atol=1e-6)  # isotropic
+
+
+def test_lowres_keeps_what_the_small_image_can_hold():
+    rng = np.random.default_rng(0)
+    blocky = np.kron(rng.random((3, 14, 14), dtype=np.float32), np.ones((2, 2), np.float32))
+    for nearest in (True, False):
+        m = lowres_matrix(14, nearest)
+        np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-6)  # flat stays flat
+    np.testing.assert_allclose(lowres_matrix(14, True) @ blocky[0] @ lowres_matrix(14, True).T,
+                               blocky[0], atol=1e-6)  # 2x2 blocks survive 14 px exactly
+    fine = np.zeros((2, 28, 28), dtype=np.float32)
+    fine[:, :, ::2] = 1.0  # one-pixel stripes cannot survive 8-16 px
+    coarse = augment_batch(fine, rng, ONLY["lowres"])
+    assert coarse.std() < 0.5 * fine.std()
 
 
 def test_warp_shifts_content():
@@ -198,6 +249,14 @@ def test_progress_bar_on_a_terminal():
         (["--out", "{tmp}"], "is a directory"),
         (["--train-size", "999999", "--data-dir", "{synth}"], "exceeds the 400 training images"),
         (["--help-me"], "unrecognized arguments"),
+        (["--hidden-dim", "8"], "--hidden-dim only apply to --arch mlp; add --arch mlp"),
+        (["--arch", "mlp", "--channels", "4,8"], "--channels only apply to --arch cnn"),
+        (["--channels", "4,x"], "--channels: must be comma-separated integers"),
+        (["--dataset", "cifar"], "--dataset: invalid choice"),
+        (["--dataset", "fashion-mnist", "--data-file", "{tmp}/x.pkl.gz"], "for --dataset"),
+        (["--channels", "4,8,16", "--data-dir", "{synth}"], "kernel_sizes needs 3 entries"),
+        (["--kernel-sizes", "13,13", "--paddings", "0,0", "--data-dir", "{synth}"],
+         "leaves no pixels"),
         (["--threads", "-1"], "--threads: must be >= 0"),
         (["--checkpoint-dir", "{synth}/t10k-labels-idx1-ubyte.gz"], "--checkpoint-dir"),
     ],
@@ -236,6 +295,8 @@ def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):
     assert set(meta) >= {"preprocessing", "training", "metrics", "data", "created",
                          "digitgrad_version"}
     assert meta["training"]["epochs_run"] == 2 and meta["training"]["hidden_dim"] == 32
+    assert meta["training"]["arch"] == "mlp" and meta["dataset"] == "mnist"
+    assert "classes" not in meta  # digits: the index is the label
     assert meta["metrics"]["test_accuracy"] > 0.9
     assert len(meta["metrics"]["per_class_accuracy"]) == 10
     assert meta["data"] == load_mnist(synth_dir).checksums
@@ -252,14 +313,18 @@ def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):
 def test_augmentation_is_on_by_default_and_can_be_turned_off(tmp_path, synth_dir):
     def trained(*flags: str) -> bool:
         argv = ["--data-dir", str(synth_dir), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
-                str(tmp_path / "ck"), "--hidden-dim", "8", "--train-size", "64", "--epochs", "1",
-                "--quiet", *flags]
+                str(tmp_path / "ck"), "--arch", "mlp", "--hidden-dim", "8", "--train-size", "64",
+                "--epochs", "1", "--quiet", *flags]
         assert cli.main(argv) == 0
-        return load(tmp_path / "m.npz")[1]["training"]["augment"]
+        training = load(tmp_path / "m.npz")[1]["training"]
+        return tuple(training[k] for k in ("augment", "elastic", "blur", "lowres"))
 
-    assert trained() is True
-    assert trained("--no-augment") is False
-    assert "--augment, --no-augment" in cli.build_parser().format_help()
+    assert trained() == (True, True, True, True)
+    assert trained("--no-augment") == (False, True, True, True)
+    assert trained("--no-blur", "--no-lowres") == (True, True, False, False)
+    help_text = build_parser().format_help()
+    for switch in ("augment", "elastic", "blur", "lowres"):
+        assert f"--{switch}, --no-{switch}" in help_text
 
 
 def test_quiet_prints_nothing(tmp_path, synth_dir, capsys):
@@ -277,18 +342,21 @@ def test_same_seed_gives_identical_arrays(tmp_path, synth_dir):
                               arrays_of(tmp_path / "c.npz")["layers.0.W"])
 
 
-def test_resume_after_two_epochs_equals_four_straight(tmp_path, synth_dir):
-    common = ("--schedule", "step", "--lr-step-epochs", "2", "--quiet")
-    assert run(tmp_path, synth_dir, "--epochs", "4", *common, out="straight.npz",
-               ckpt="ck_straight") == 0
-    assert run(tmp_path, synth_dir, "--epochs", "2", *common, out="two.npz", ckpt="ck_two") == 0
-    assert run(tmp_path, synth_dir, "--resume", "--epochs", "4", "--quiet", out="two.npz",
-               ckpt="ck_two") == 0
+@pytest.mark.parametrize(("arch", "first", "total"), [(SMALL_MLP, 2, 4), (SMALL_CNN, 1, 2)],
+                         ids=["mlp", "cnn"])  # the CNN's epochs cost more (10,000 to validate)
+def test_resume_after_some_epochs_equals_a_straight_run(tmp_path, synth_dir, arch, first, total):
+    common = ("--schedule", "step", "--lr-step-epochs", "1", "--quiet")
+    assert run(tmp_path, synth_dir, "--epochs", str(total), *common, out="straight.npz",
+               ckpt="ck_straight", arch=arch) == 0
+    assert run(tmp_path, synth_dir, "--epochs", str(first), *common, out="two.npz",
+               ckpt="ck_two", arch=arch) == 0
+    assert run(tmp_path, synth_dir, "--resume", "--epochs", str(total), "--quiet", out="two.npz",
+               ckpt="ck_two", arch=()) == 0  # the architecture comes from the checkpoint
     assert_same_arrays(arrays_of(tmp_path / "straight.npz"), arrays_of(tmp_path / "two.npz"))
     # the last parameters and the velocities too, not only the exported best ones
     assert_same_arrays(arrays_of(tmp_path / "ck_straight" / CHECKPOINT_NAME),
                        arrays_of(tmp_path / "ck_two" / CHECKPOINT_NAME))
-    assert len((tmp_path / "two.metrics.csv").read_text().splitlines()) == 5
+    assert len((tmp_path / "two.metrics.csv").read_text().splitlines()) == total + 1
 
 
 class _CtrlCAfter(Progress):
@@ -310,7 +378,7 @@ def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monke
     common = ("--epochs", "3", "--augment", "--warmup-epochs", "0.5", "--quiet")
     assert run(tmp_path, synth_dir, *common, out="straight.npz", ckpt="ck_straight") == 0
     (tmp_path / "cut.npz").write_bytes(b"previous model")
-    monkeypatch.setattr(cli, "Progress", _CtrlCAfter)
+    monkeypatch.setattr(trainer.run, "Progress", _CtrlCAfter)
     assert run(tmp_path, synth_dir, *common, out="cut.npz", ckpt="ck_cut") == 1
     err = capsys.readouterr().err
     assert "interrupted in epoch 2" in err
@@ -319,7 +387,7 @@ def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monke
     checkpoint = load_checkpoint(tmp_path / "ck_cut" / CHECKPOINT_NAME)
     assert (checkpoint.state.epoch, checkpoint.state.batch) == (1, 5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    monkeypatch.setattr(cli, "Progress", Progress)
+    monkeypatch.setattr(trainer.run, "Progress", Progress)
     assert run(tmp_path, synth_dir, "--resume", "--augment", "--quiet", out="cut.npz",
                ckpt="ck_cut") == 0
     assert_same_arrays(arrays_of(tmp_path / "straight.npz"), arrays_of(tmp_path / "cut.npz"))
@@ -332,6 +400,21 @@ def test_resume_refuses_other_hyper_parameters(tmp_path, synth_dir, capsys):
     assert run(tmp_path, synth_dir, "--resume", "--lr", "0.5", "--epochs", "2") == 2
     err = capsys.readouterr().err
     assert "--lr 0.5 (checkpoint: 0.05)" in err and "Traceback" not in err
+
+
+def test_a_version_1_checkpoint_resumes_as_the_mlp_it_was(tmp_path, synth_dir):
+    """Checkpoints of digitgrad 0.1 name no arch, dataset or new augmentations: MLP, MNIST, off."""
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
+    path = tmp_path / "ckpt" / CHECKPOINT_NAME
+    arrays, meta = read_checkpoint(path)
+    for name in ("arch", "dataset", "elastic", "blur", "lowres", "channels", "kernel_sizes",
+                 "paddings", "fc_dims"):
+        del meta["config"][name]
+    np.savez(path, **arrays, **{META_KEY: np.array(json.dumps({**meta, "format_version": 1}))})
+    assert run(tmp_path, synth_dir, "--resume", "--epochs", "2", "--quiet", arch=()) == 0
+    model, meta = load(tmp_path / "model.npz")
+    assert model.config()["class"] == "DeepNetwork" and meta["training"]["epochs_run"] == 2
+    assert (meta["training"]["arch"], meta["training"]["elastic"]) == ("mlp", False)
 
 
 def test_resume_refuses_other_data(tmp_path, synth_dir, capsys):
@@ -369,7 +452,7 @@ def test_lab_pickle_data_file(tmp_path):
     with gzip.open(path, "wb") as f:
         pickle.dump(tuple(splits), f, protocol=2)
     argv = ["--data-file", str(path), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
-            str(tmp_path / "ck"), "--hidden-dim", "32", "--epochs", "2", "--no-augment", "--quiet"]
+            str(tmp_path / "ck"), *SMALL_MLP, "--epochs", "2", "--no-augment", "--quiet"]
     assert cli.main(argv) == 0
     _, meta = load(tmp_path / "m.npz")
     assert list(meta["data"]) == ["mnist.pkl.gz"]
@@ -389,12 +472,14 @@ def test_plots(tmp_path, synth_dir, capsys):
 
 
 def test_short_real_training_run(tmp_path, mnist_dir):
-    """One epoch on 10,000 real images clears 90% on the test set; the file reproduces it."""
+    """The default CNN: one epoch on 10,000 real images clears 90% on the test set; the file
+    reproduces it."""
     argv = ["--data-dir", str(mnist_dir), "--train-size", "10000", "--epochs", "1",
             "--out", str(tmp_path / "m.npz"), "--checkpoint-dir", str(tmp_path / "ck"), "--quiet"]
     assert cli.main(argv) == 0
     model, meta = load(tmp_path / "m.npz")
     assert meta["metrics"]["test_accuracy"] >= 0.90
+    assert model.config()["class"] == "ConvNetwork"
     test = load_mnist(mnist_dir).test
     with no_grad():
         logits = model(ComputationGraphNode(to_model_input(test.images, meta["preprocessing"])))
@@ -403,16 +488,16 @@ def test_short_real_training_run(tmp_path, mnist_dir):
 
 
 def test_conftest_trained_model_is_good_enough_to_serve(trained_model_path):
-    _, meta = load(trained_model_path)
+    model, meta = load(trained_model_path)
     assert meta["metrics"]["test_accuracy"] >= 0.97
-    assert meta["training"]["epochs_run"] == 2
+    assert model.config()["class"] == "ConvNetwork" and meta["training"]["epochs_run"] == 1
 
 
 def test_ctrl_c_before_training_exits_at_once(tmp_path, synth_dir, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "load_mnist", interrupted)
+    monkeypatch.setattr(trainer.run, "load_mnist", interrupted)
     assert run(tmp_path, synth_dir, "--epochs", "1") == 1
     err = capsys.readouterr().err
     assert err.startswith("interrupted after") and "Traceback" not in err

@@ -1,4 +1,5 @@
-"""MNIST: IDX reading, checksums, download from mirrors, the lab's pickle, splits and batches.
+"""MNIST and Fashion-MNIST: IDX reading, checksums, download from mirrors, the lab's pickle,
+splits and batches.
 
 Everything a user can get wrong (a missing directory, a truncated file, no network) raises
 ``DataError`` with a message that names the file and says what to do; the CLI prints it on one
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.serialization import atomic_write
+from models import atomic_write
 
 #: The official files: role -> (name without .gz, IDX magic, MD5 of the decompressed content).
 FILES = {
@@ -39,6 +40,46 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 DOWNLOAD_TIMEOUT = 30.0  # seconds without a byte before a mirror is given up
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A 28x28, ten-class IDX data set: where to find it, its checksums, its class names."""
+
+    name: str
+    md5s: dict[str, str]  # file name (without .gz) -> MD5 of the decompressed content
+    mirrors: tuple[str, ...]
+    classes: tuple[str, ...]
+    env: str  # the environment variable naming its directory
+    system_dir: str | None = None  # where a distribution package installs it
+
+    def default_dir(self) -> Path:
+        """``$ENV`` if set, else the system copy if installed, else the per-user cache."""
+        env = os.environ.get(self.env)
+        if env:
+            return Path(env).expanduser()
+        if self.system_dir and not missing_files(Path(self.system_dir)):
+            return Path(self.system_dir)
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(cache) / "digitgrad" / self.name
+
+
+DATASETS = {
+    "mnist": Dataset("mnist", {name: md5 for name, _, md5 in FILES.values()}, MIRRORS,
+                     classes=tuple(str(d) for d in range(10)), env="MNIST_DIR"),
+    # Debian's dataset-fashion-mnist installs the files; the MD5s are of the decompressed
+    # files (Debian recompresses them, so the gzip MD5s in Zalando's README differ)
+    "fashion-mnist": Dataset(
+        "fashion-mnist",
+        {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+         "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+         "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"),
+        env="FASHION_MNIST_DIR", system_dir="/usr/share/datasets/fashion-mnist"),
+}
 
 #: The lab keeps the last 10,000 training images for validation; so do we.
 VALIDATION_SIZE = 10_000
@@ -62,23 +103,22 @@ class Split:
 
 @dataclass
 class MNIST:
-    """The three splits, where they came from, and file name -> MD5 of the decompressed content."""
+    """The three splits, where they came from, file name -> MD5 of the decompressed content, and
+    the class names (label i is ``classes[i]``)."""
 
     train: Split
     val: Split
     test: Split
     source: str
     checksums: dict[str, str] = field(default_factory=dict)
+    classes: tuple[str, ...] = tuple(str(d) for d in range(10))
 
 
 # -- locating the files ---------------------------------------------------------------------------
-def default_data_dir() -> Path:
-    """``$MNIST_DIR`` if set, else the per-user cache ``$XDG_CACHE_HOME/digitgrad/mnist``."""
-    env = os.environ.get("MNIST_DIR")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "digitgrad" / "mnist"
+def default_data_dir(dataset: str = "mnist") -> Path:
+    """``$MNIST_DIR`` if set, else the per-user cache ``$XDG_CACHE_HOME/digitgrad/mnist``
+    (for Fashion-MNIST: ``$FASHION_MNIST_DIR``, Debian's copy, the cache)."""
+    return DATASETS[dataset].default_dir()
 
 
 def find_file(directory: Path, name: str) -> Path | None:
@@ -272,14 +312,20 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
     return b"".join(chunks)
 
 
-def no_data_message(directory: Path, missing: list[str], reasons: list[str]) -> str:
+def no_data_message(directory: Path, missing: list[str], reasons: list[str],
+                    dataset: str = "mnist") -> str:
     """What to put where (or which flag to pass) when the files cannot be downloaded."""
     files = ", ".join(f"{name}.gz" for name in missing)
     why = f" ({reasons[-1]})" if reasons else ""
+    if dataset == "mnist":
+        title, extra = "MNIST", ", or --data-file mnist.pkl.gz for the lab's pickle"
+    else:
+        title, extra = dataset, (f" (Debian: apt install dataset-{dataset})"
+                                 if DATASETS[dataset].system_dir else "")
     return (
-        f"MNIST not found in {directory} and the download failed{why}: put {files} "
-        f"into {directory}, or pass --data-dir DIR (or set MNIST_DIR) for a directory holding "
-        "the four MNIST IDX files, or --data-file mnist.pkl.gz for the lab's pickle"
+        f"{title} not found in {directory} and the download failed{why}: put {files} "
+        f"into {directory}, or pass --data-dir DIR (or set {DATASETS[dataset].env}) for a "
+        f"directory holding the four {title} IDX files{extra}"
     )
 
 
@@ -290,6 +336,7 @@ def download(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     checksums: dict[str, str] | None = None,
+    dataset: str = "mnist",
 ) -> None:
     """Fetch every missing official file into ``directory``, trying each mirror in turn.
 
@@ -306,7 +353,7 @@ def download(
     except OSError as exc:
         raise DataError(f"cannot create the data directory {directory} ({exc.strerror or exc}); "
                         "pass --data-dir DIR") from exc
-    md5s = checksums or {name: md5 for name, _, md5 in FILES.values()}
+    md5s = checksums or DATASETS[dataset].md5s
     failed, reasons = [], []
     unreachable = set()  # offline, each mirror costs a timeout once, not once per file
     for name in missing:
@@ -342,38 +389,45 @@ def download(
         else:
             failed.append(name)
     if failed:
-        raise DataError(no_data_message(directory, failed, reasons))
+        raise DataError(no_data_message(directory, failed, reasons, dataset))
 
 
 def load_mnist(
     data_dir: str | os.PathLike | None = None,
     data_file: str | os.PathLike | None = None,
     allow_download: bool = True,
-    mirrors: tuple[str, ...] | list[str] = MIRRORS,
+    mirrors: tuple[str, ...] | list[str] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     checksums: dict[str, str] | None = None,
     validation_size: int = VALIDATION_SIZE,
+    dataset: str = "mnist",
 ) -> MNIST:
     """MNIST from ``data_file`` (the lab's pickle), else ``data_dir``, else ``default_data_dir()``.
 
-    Missing IDX files are downloaded (unless ``allow_download`` is false) and checked against
-    ``checksums`` (name -> MD5 of the decompressed file; default: the official ones).
+    Missing IDX files are downloaded (unless ``allow_download`` is false) from ``mirrors``
+    (default: the data set's official ones) and checked against ``checksums`` (name -> MD5 of
+    the decompressed file; default: the official ones). ``dataset`` is a key of ``DATASETS``:
+    it picks the default directory, mirrors, checksums and class names.
     """
+    spec = DATASETS[dataset]
     if data_file is not None:
         path = Path(data_file).expanduser()
         if not path.is_file():
             raise DataError(f"--data-file {path}: no such file")
         return load_pickle(path)
-    directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    directory = Path(data_dir).expanduser() if data_dir is not None else spec.default_dir()
     if directory.exists() and not directory.is_dir():
         raise DataError(f"{directory} is not a directory; pass --data-dir DIR")
     missing = missing_files(directory)
     if missing:
         if not allow_download:
-            raise DataError(no_data_message(directory, missing, ["downloads disabled"]))
-        download(directory, mirrors, progress=progress, log=log, checksums=checksums)
-    return load_idx_dir(directory, validation_size)
+            raise DataError(no_data_message(directory, missing, ["downloads disabled"], dataset))
+        download(directory, mirrors or spec.mirrors, progress=progress, log=log,
+                 checksums=checksums or spec.md5s, dataset=dataset)
+    data = load_idx_dir(directory, validation_size)
+    data.classes = spec.classes
+    return data
 
 
 # -- batches ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""fit / train_epoch / evaluate, checkpoints, early stopping, divergence and Ctrl-C handling.
+"""fit / train_epoch / evaluate, end-of-epoch callbacks, divergence and Ctrl-C handling.
 
 Randomness: the model is initialised from ``default_rng(seed)``; epoch ``e`` is shuffled by
 ``default_rng([seed, e])`` and batch ``b`` of it augmented by ``default_rng([seed, e, b])``.
@@ -13,69 +13,23 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from autodiff import ComputationGraphNode, SGDWithMomentum, cross_entropy, no_grad
-from models import DeepNetwork, ModelFileError, to_model_input
-from models.serialization import FORMAT, FORMAT_VERSION, read_npz, write_npz
-from trainer.augment import augment_batch
+from models import Module, to_model_input
+from trainer.augment import AugmentConfig, augment_batch
+from trainer.config import TrainConfig
 from trainer.data import Split, batch_slices
-from trainer.report import Progress, write_metrics_csv
+from trainer.factory import build_schedule
+from trainer.report import Progress
 from trainer.schedule import LRSchedule
 
-CHECKPOINT_NAME = "checkpoint.npz"
-EVAL_BATCH = 2000  # evaluation chunks: big enough for BLAS, small enough for memory
-
-
-@dataclass
-class TrainConfig:
-    """Every hyper-parameter of a run; the CLI's defaults come from here.
-
-    Defaults chosen by measurement on the 2-core machine against three targets: >= 98% test
-    accuracy in <= 60 s of training, per-epoch time <= 0.75x PyTorch's for the same MLP
-    (bench/train_vs_torch.py), and accuracy on realistic uploads (bench/uploads.py). The ratio
-    grows with the width (2x100 0.68x, 2x112 0.69x, 2x128 0.74-0.75x, 2x160 0.78x, 2x256 0.84x:
-    wide layers are BLAS-bound, where numpy cannot beat torch), so 2x112, the widest with a
-    margin. Augmentation lifts realistic uploads from about 94% to 95% (seed to seed +-0.8) and
-    test accuracy from 98.5% to 99.0%; 20 epochs instead of 15 add a little to both. Batch 64,
-    lr 0.05, momentum 0.9, weight decay 5e-4 (98.3% without) and cosine come from the earlier
-    2x256 measurements.
-    """
-
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    hidden_dim: int = 112
-    layers: int = 2
-    activation: str = "relu"
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    lr_step_epochs: int = 10
-    lr_gamma: float = 0.1
-    augment: bool = True
-    patience: int = 0
-    seed: int = 0
-    train_size: int | None = None
-
-    #: Fields that may differ between a checkpoint and the run resuming it.
-    RESUMABLE_CHANGES = ("epochs", "patience")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+EVAL_BATCH = 500  # evaluation chunks: big enough for BLAS, small enough for the conv patches
 
 
 class DivergenceError(Exception):
@@ -91,11 +45,11 @@ class DivergenceError(Exception):
 
 
 class TrainingInterruptedError(Exception):
-    """Training stopped on request (Ctrl-C) after writing a checkpoint at ``path``."""
+    """Training stopped on request (Ctrl-C), after the callbacks' ``on_interrupt``."""
 
-    def __init__(self, path: Path, epoch: int, batch: int):
-        self.path, self.epoch, self.batch = path, epoch, batch
-        super().__init__(f"interrupted in epoch {epoch} after batch {batch}; checkpoint {path}")
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+        super().__init__(f"interrupted in epoch {epoch} after batch {batch}")
 
 
 class StopFlag:
@@ -154,30 +108,36 @@ class Prepared:
     val_x: np.ndarray
     val_y: np.ndarray
     preprocessing: dict
+    augment: AugmentConfig | None = None
 
 
-def prepare(train: Split, val: Split, preprocessing: dict, augment: bool) -> Prepared:
+def prepare(train: Split, val: Split, preprocessing: dict,
+            augment: AugmentConfig | None) -> Prepared:
     """Normalise once up front so the per-batch work is a slice (augmentation needs raw images)."""
     train_x = train.images if augment else to_model_input(train.images, preprocessing)
     return Prepared(train_x, train.labels, to_model_input(val.images, preprocessing), val.labels,
-                    preprocessing)
+                    preprocessing, augment)
 
 
-def build_model(config: TrainConfig) -> DeepNetwork:
-    """The network the config describes, initialised from ``default_rng(seed)``."""
-    return DeepNetwork(784, 10, config.hidden_dim, config.layers,
-                       tanh=config.activation == "tanh", rng=np.random.default_rng(config.seed))
+@dataclass
+class Session:
+    """What training changes: the model, its optimizer, the state, the best parameters so far."""
+
+    model: Module
+    optimizer: SGDWithMomentum
+    config: TrainConfig
+    state: TrainState = field(default_factory=TrainState)
+    best: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def build_optimizer(model: DeepNetwork, config: TrainConfig) -> SGDWithMomentum:
-    return SGDWithMomentum(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.nesterov)
+class Callback:
+    """Hooks ``fit`` calls, in list order (Keras-style); override the ones you need."""
 
+    def on_epoch_end(self, session: Session, row: dict, improved: bool) -> None:
+        """After epoch ``session.state.epoch`` was validated; ``row`` is its metrics."""
 
-def build_schedule(config: TrainConfig, steps_per_epoch: int) -> LRSchedule:
-    return LRSchedule(config.schedule, config.lr, config.epochs * steps_per_epoch, steps_per_epoch,
-                      warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-                      step_epochs=config.lr_step_epochs, gamma=config.lr_gamma)
+    def on_interrupt(self, session: Session) -> None:
+        """A stop was requested mid-epoch; ``session.state`` says where training stands."""
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -192,14 +152,15 @@ def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndar
     return losses / n, float(np.mean(predictions == y)) if len(y) else 0.0, predictions
 
 
-def train_epoch(model, optimizer: SGDWithMomentum, data: Prepared, config: TrainConfig,
-                schedule: LRSchedule, state: TrainState, progress: Progress,
+def train_epoch(session: Session, data: Prepared, schedule: LRSchedule, progress: Progress,
                 stop: StopFlag) -> dict:
     """Train epoch ``state.epoch + 1`` from batch ``state.batch``; returns its running sums.
 
     Raises DivergenceError on a non-finite loss (before the update that would spread it), and
     returns early with ``stop.requested`` set when a stop was asked for.
     """
+    model, optimizer, config, state = (session.model, session.optimizer, session.config,
+                                       session.state)
     epoch = state.epoch + 1
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(data.train_y))
@@ -211,10 +172,10 @@ def train_epoch(model, optimizer: SGDWithMomentum, data: Prepared, config: Train
     progress.epoch_start(epoch, config.epochs, len(slices), state.batch)
     start = time.perf_counter()
     todo = range(state.batch, len(slices))
-    if config.augment:
+    if data.augment is not None:
         def make_input(b: int) -> np.ndarray:
             images = augment_batch(data.train_x[order[slices[b]]],
-                                   np.random.default_rng([config.seed, epoch, b]))
+                                   np.random.default_rng([config.seed, epoch, b]), data.augment)
             return to_model_input(images, data.preprocessing)
 
         inputs = prefetch(make_input, todo)
@@ -270,39 +231,39 @@ def prefetch(make: Callable[[int], np.ndarray], indices: range) -> Iterator[np.n
         yield future.result()
 
 
-def fit(model, optimizer: SGDWithMomentum, data: Prepared, config: TrainConfig,
-        state: TrainState | None = None, checkpoint: Path | None = None,
-        checkpoint_meta: dict | None = None, best_params: dict | None = None,
-        metrics_path: Path | None = None, progress: Progress | None = None,
-        stop: StopFlag | None = None) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """Train until ``config.epochs`` (or early stopping); returns the state and the best parameters.
+def fit(session: Session, data: Prepared, callbacks: Sequence[Callback] = (),
+        progress: Progress | None = None, stop: StopFlag | None = None) -> Session:
+    """Train until ``config.epochs`` or until a callback sets ``state.stopped_early``.
 
-    A checkpoint is written after every epoch, and on a stop request, after which
-    ``TrainingInterruptedError`` is raised. ``state`` and ``best_params`` come from a checkpoint
-    when resuming.
+    After every epoch: validation, the best parameters kept in ``session.best``, a progress
+    line, then each callback's ``on_epoch_end``. On a stop request mid-epoch the callbacks'
+    ``on_interrupt`` run and ``TrainingInterruptedError`` is raised. A session restored from a
+    checkpoint continues where it stopped.
     """
-    state = state or TrainState()
     progress = progress or Progress(quiet=True)
     stop = stop or StopFlag()
-    best = best_params or {k: v.copy() for k, v in model.state_dict().items()}
-    schedule = build_schedule(config, len(batch_slices(len(data.train_y), config.batch_size)))
+    model, config, state = session.model, session.config, session.state
+    if not session.best:
+        session.best = {k: v.copy() for k, v in model.state_dict().items()}
+    batches = len(batch_slices(len(data.train_y), config.batch_size))
+    schedule = build_schedule(config, batches)
     while state.epoch < config.epochs and not state.stopped_early:
-        sums = train_epoch(model, optimizer, data, config, schedule, state, progress, stop)
-        if stop.requested and state.batch < len(batch_slices(len(data.train_y),
-                                                             config.batch_size)):
+        sums = train_epoch(session, data, schedule, progress, stop)
+        if stop.requested and state.batch < batches:
             state.partial = sums
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, optimizer, best, state, config, checkpoint_meta)
-            raise TrainingInterruptedError(checkpoint, state.epoch + 1, state.batch)
+            for callback in callbacks:
+                callback.on_interrupt(session)
+            raise TrainingInterruptedError(state.epoch + 1, state.batch)
         state.epoch, state.batch, state.partial = state.epoch + 1, 0, {}
         try:
             with np.errstate(over="raise", invalid="raise", divide="raise"):
                 val_loss, val_accuracy, _ = evaluate(model, data.val_x, data.val_y)
         except FloatingPointError as exc:
-            raise DivergenceError(state.epoch, 0, optimizer.lr,
+            raise DivergenceError(state.epoch, 0, session.optimizer.lr,
                                   f"{exc} on the validation set") from exc
         if not math.isfinite(val_loss):
-            raise DivergenceError(state.epoch, 0, optimizer.lr, f"validation loss is {val_loss}")
+            raise DivergenceError(state.epoch, 0, session.optimizer.lr,
+                                  f"validation loss is {val_loss}")
         state.train_seconds += sums["seconds"]
         row = {
             "epoch": state.epoch,
@@ -310,7 +271,7 @@ def fit(model, optimizer: SGDWithMomentum, data: Prepared, config: TrainConfig,
             "train_accuracy": sums["correct"] / max(sums["seen"], 1),
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
-            "lr": optimizer.lr,
+            "lr": session.optimizer.lr,
             "seconds": sums["seconds"],
             "images_per_second": sums["seen"] / max(sums["seconds"], 1e-9),
         }
@@ -318,82 +279,11 @@ def fit(model, optimizer: SGDWithMomentum, data: Prepared, config: TrainConfig,
         improved = val_accuracy > state.best_val_accuracy
         if improved:
             state.best_val_accuracy, state.best_epoch = val_accuracy, state.epoch
-            state.epochs_without_improvement = 0
-            best = {k: v.copy() for k, v in model.state_dict().items()}
-        else:
-            state.epochs_without_improvement += 1
-            if config.patience and state.epochs_without_improvement >= config.patience:
-                state.stopped_early = True
+            session.best = {k: v.copy() for k, v in model.state_dict().items()}
         progress.epoch_end(row, config.epochs, improved)
-        if state.stopped_early:
-            progress.message(f"early stopping: no better validation accuracy for "
-                             f"{config.patience} epochs (best {100 * state.best_val_accuracy:.2f}%"
-                             f" at epoch {state.best_epoch})")
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, best, state, config, checkpoint_meta)
-        if metrics_path is not None:
-            write_metrics_csv(metrics_path, state.history)
+        for callback in callbacks:
+            callback.on_epoch_end(session, row, improved)
         finished = state.epoch >= config.epochs or state.stopped_early
         if stop.requested and not finished:  # Ctrl-C in an epoch's last batch: its checkpoint
-            raise TrainingInterruptedError(checkpoint, state.epoch, 0)
-    return state, best
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model, optimizer: SGDWithMomentum, best: dict[str, np.ndarray],
-                    state: TrainState, config: TrainConfig, extra: dict | None = None) -> None:
-    """Parameters, best parameters, velocities, config and state, written atomically."""
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    arrays.update({f"best/{k}": v for k, v in best.items()})
-    optim = optimizer.state_dict()
-    arrays.update({f"velocity/{i}": v for i, v in enumerate(optim.pop("velocities"))})
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": "checkpoint",
-        "architecture": model.config(),
-        "config": config.to_dict(),
-        "state": asdict(state),
-        "optimizer": optim,
-        "rng": {"seed": config.seed, "epoch": state.epoch + 1, "batch": state.batch,
-                "scheme": "default_rng([seed, epoch]) shuffles, default_rng([seed, epoch, batch]) "
-                          "augments"},
-        **(extra or {}),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_npz(path, arrays, meta)
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint, ready to restore."""
-
-    config: TrainConfig
-    state: TrainState
-    meta: dict
-    arrays: dict[str, np.ndarray]
-
-    def restore(self, model, optimizer: SGDWithMomentum) -> dict[str, np.ndarray]:
-        """Load parameters and velocities; return the best parameters so far."""
-        prefix = {"model": {}, "best": {}, "velocity": {}}
-        for name, array in self.arrays.items():
-            group, _, key = name.partition("/")
-            if group in prefix:
-                prefix[group][key] = array
-        model.load_state_dict(prefix["model"])
-        velocities = [prefix["velocity"][str(i)] for i in range(len(prefix["velocity"]))]
-        optimizer.load_state_dict({**self.meta["optimizer"], "velocities": velocities})
-        return {k: v.copy() for k, v in prefix["best"].items()}
-
-
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint``; ModelFileError if it is not one."""
-    arrays, meta = read_npz(path)
-    if meta.get("kind") != "checkpoint":
-        raise ModelFileError(path, f"is a {meta.get('kind', 'model')} file, not a checkpoint")
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-        state = TrainState(**meta["state"])
-    except (KeyError, TypeError) as exc:
-        raise ModelFileError(path, f"incomplete checkpoint ({exc})") from exc
-    return Checkpoint(config, state, meta, arrays)
+            raise TrainingInterruptedError(state.epoch, 0)
+    return session

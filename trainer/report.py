@@ -12,7 +12,7 @@ from typing import TextIO
 
 import numpy as np
 
-from models.serialization import atomic_write
+from models import atomic_write
 
 #: Columns of the metrics log, one row per epoch.
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",

@@ -12,10 +12,15 @@
   const confidenceEl = document.getElementById("confidence");
   const barsEl = document.getElementById("bars");
   const seenEl = document.getElementById("seen");
+  const numberDigitsEl = document.getElementById("number-digits");
+  const modeInputs = document.querySelectorAll('input[name="mode"]');
 
   // Thick round strokes, dark on white: close to a marker on paper, which the server's
   // preprocessing turns into MNIST's light-on-black 20x20 box.
-  const BRUSH = canvas.width / 14;
+  const BRUSH = canvas.height / 14;
+  // "digit": POST /predict, one digit and its ten probabilities. "number": POST
+  // /predict/number on a canvas twice as wide, each digit read left to right.
+  let mode = "digit";
   let drawing = false;
   let last = null;
   let dirty = false; // anything drawn since the last Clear?
@@ -57,7 +62,14 @@
     }
     seenEl.hidden = true;
     seenEl.removeAttribute("src");
+    numberDigitsEl.replaceChildren();
+    numberDigitsEl.hidden = true;
+    barsEl.hidden = mode === "number";
     setStatus(message, false);
+  }
+
+  function startMessage() {
+    return mode === "number" ? "Write a number, its digits apart." : "Draw a digit to start.";
   }
 
   function setStatus(message, isError) {
@@ -137,7 +149,8 @@
     let response;
     let body;
     try {
-      response = await fetch("/predict?debug=1", {
+      const url = mode === "number" ? "/predict/number?debug=1" : "/predict?debug=1";
+      response = await fetch(url, {
         method: "POST", body: form, signal: controller.signal,
       });
       body = await response.json();
@@ -154,7 +167,34 @@
       setStatus(message, true);
       return;
     }
-    show(body);
+    if (body.number !== undefined) showNumber(body);
+    else show(body);
+  }
+
+  // one entry per digit: what the model saw, the digit, how sure
+  function showNumber(body) {
+    digitEl.textContent = body.number;
+    const least = Math.min(...body.digits.map((d) => d.confidence));
+    confidenceEl.textContent = `least sure digit ${(100 * least).toFixed(1)}%`;
+    numberDigitsEl.replaceChildren();
+    for (const d of body.digits) {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.src = `data:image/png;base64,${d.debug_image}`;
+      img.width = 56;
+      img.height = 56;
+      img.alt = `The 28 by 28 image read as ${d.digit}`;
+      const read = document.createElement("span");
+      read.className = "read";
+      read.textContent = String(d.digit);
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = `${(100 * d.confidence).toFixed(1)}%`;
+      li.append(img, read, value);
+      numberDigitsEl.appendChild(li);
+    }
+    numberDigitsEl.hidden = false;
+    setStatus(`The model reads ${body.number} (${body.digits.length} digits).`, false);
   }
 
   function show(body) {
@@ -217,9 +257,27 @@
     if (controller) controller.abort();
     dirty = false;
     resetCanvas();
-    resetResult("Cleared. Draw a digit to start.");
+    resetResult(`Cleared. ${startMessage()}`);
   });
 
-  resetCanvas();
-  resetResult("Draw a digit to start.");
+  // the checked mode (a browser may restore it on reload); switching starts afresh: the
+  // canvas changes shape, and an answer on its way is dropped
+  function applyMode() {
+    const checked = document.querySelector('input[name="mode"]:checked');
+    mode = checked ? checked.value : "digit";
+    clearTimeout(timer);
+    request++;
+    if (controller) controller.abort();
+    dirty = false;
+    canvas.width = mode === "number" ? 2 * canvas.height : canvas.height;
+    dropzone.classList.toggle("wide", mode === "number");
+    canvas.setAttribute("aria-label", mode === "number"
+      ? "Drawing canvas: write a number here, digits apart, or drop an image file"
+      : "Drawing canvas: draw one digit here, or drop an image file");
+    resetCanvas();
+    resetResult(startMessage());
+  }
+  for (const input of modeInputs) input.addEventListener("change", applyMode);
+
+  applyMode();
 })();

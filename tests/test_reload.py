@@ -1,0 +1,212 @@
+"""Model swaps on a real gunicorn under load: SIGHUP after replacing the model file.
+
+The guarantee (gunicorn.conf.py, preload_app and on_reload): no request fails during a swap;
+a good file is served afterwards everywhere the model id shows (/predict, /model, /readyz, the
+V2 metadata); a bad one is refused in the master, the last good model keeps serving, and
+/readyz names the file that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from drawing import digit_png
+from test_gunicorn import free_port, gunicorn_env, request, start_gunicorn, wait_ready
+
+from models import DeepNetwork, preprocessing_config, save
+from server import create_app
+from server.app import reload_model
+from server.model import MODEL_ID_LENGTH, file_sha256
+
+CLIENTS = 4
+MAX_REQUESTS = 3000  # per client: bounds the loop even if the swap never shows
+
+
+class LoadLoop:
+    """CLIENTS threads POSTing /predict until stopped; every answer and failure is kept."""
+
+    def __init__(self, base: str):
+        self.url = base + "/predict"
+        self.png = digit_png()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.statuses: list[int] = []
+        self.failures: list[str] = []
+        self.models: list[str] = []
+        self.pool = ThreadPoolExecutor(CLIENTS)
+        self.futures = [self.pool.submit(self._client) for _ in range(CLIENTS)]
+
+    def _client(self) -> None:
+        for _ in range(MAX_REQUESTS):
+            if self.stop.is_set():
+                return
+            try:
+                status, body = request(self.url, self.png, {"Content-Type": "image/png"})
+            except OSError as exc:  # refused, reset, timed out: a dropped request
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with self.lock:
+                self.statuses.append(status)
+                if status == 200:
+                    self.models.append(json.loads(body)["model"])
+                else:
+                    self.failures.append(f"HTTP {status}: {body[:200]!r}")
+
+    def wait_for(self, count: int, seconds: float = 30) -> None:
+        """Until ``count`` answers in all have arrived."""
+        deadline = time.monotonic() + seconds
+        while len(self.statuses) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.statuses) >= count, f"only {len(self.statuses)} answers in {seconds} s"
+
+    def finish(self) -> int:
+        """Stop the clients; the number of requests sent."""
+        self.stop.set()
+        for future in self.futures:
+            future.result(timeout=30)
+        self.pool.shutdown()
+        return len(self.statuses) + len(self.failures)
+
+
+def model_id(path: Path) -> str:
+    return file_sha256(path)[:MODEL_ID_LENGTH]
+
+
+def save_model(path: Path, seed: int, weight: float | None = None) -> None:
+    """An untrained MLP saved atomically over ``path`` (models.save renames a complete file)."""
+    network = DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(seed))
+    mean = 0.1307
+    if weight is not None:  # overflowing weights: loads, but fails the self-test
+        for parameter in network.parameters():
+            parameter.value[...] = weight
+        mean = -1.0  # every input positive, so the hidden layer overflows instead of being ReLU'd
+    save(network, path, {"preprocessing": preprocessing_config(mean, 0.3081)})
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def get_json(url: str) -> dict:
+    status, body = request(url)
+    assert status == 200, (url, status, body[:200])
+    return json.loads(body)
+
+
+def wait_until(predicate, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "the reload did not show in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """gunicorn (2 workers) serving an MLP at tmp_path/model.npz; yields (base, process, path,
+    log)."""
+    path = tmp_path / "model.npz"
+    save_model(path, seed=0)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    process = start_gunicorn(gunicorn_env(path, BIND=f"127.0.0.1:{port}"), log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process, log)
+        yield base, process, path, log
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_swap_under_load_drops_nothing_and_serves_the_new_model(served):
+    base, process, path, log = served
+    old_id = model_id(path)
+    load = LoadLoop(base)
+    try:
+        load.wait_for(100)
+        save_model(path, seed=1)
+        new_id = model_id(path)
+        assert new_id != old_id
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: get_json(base + "/readyz")["model"] == new_id)
+        # Keep the load on until the new workers have answered plenty and the old ones are gone.
+        wait_until(lambda: load.models.count(new_id) >= 100)
+    finally:
+        sent = load.finish()
+    assert load.failures == [], f"{len(load.failures)} of {sent} failed: {load.failures[:5]}"
+    assert set(load.models) == {old_id, new_id}
+    assert get_json(base + "/model")["id"] == new_id
+    assert get_json(base + "/v2/models/digitgrad")["versions"] == [new_id]
+    assert "reload_error" not in get_json(base + "/readyz")
+    # Once the swap has shown, no worker answers with the old model any more.
+    first_new = load.models.index(new_id)
+    later = load.models[first_new:]
+    assert later.count(old_id) < CLIENTS * 2, "old workers kept serving after the swap"
+    text = log.read_text()
+    assert f"now serving {new_id} (was {old_id})" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("replacement", ["garbage", "fails_self_test"])
+def test_a_bad_replacement_is_refused_and_the_last_good_model_keeps_serving(served,
+                                                                            replacement):
+    base, process, path, log = served
+    old_id = model_id(path)
+    load = LoadLoop(base)
+    try:
+        load.wait_for(50)
+        if replacement == "garbage":
+            write_atomically(path, b"PK\x03\x04 not really a zip archive")
+        else:
+            save_model(path, seed=2, weight=3e38)
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload_error" in get_json(base + "/readyz"))
+        load.wait_for(len(load.statuses) + 100)
+    finally:
+        sent = load.finish()
+    assert load.failures == [], f"{len(load.failures)} of {sent} failed: {load.failures[:5]}"
+    assert set(load.models) == {old_id}
+    ready = get_json(base + "/readyz")
+    assert ready["model"] == old_id and ready["reload_error"]["file"] == str(path)
+    assert get_json(base + "/model")["id"] == old_id
+    assert get_json(base + "/v2/models/digitgrad")["versions"] == [old_id]
+    refused = [line for line in log.read_text().splitlines() if "reload refused" in line]
+    assert len(refused) == 1 and str(path) in refused[0], refused
+    assert "Traceback" not in log.read_text()
+
+    # The next good file clears the error.
+    save_model(path, seed=3)
+    process.send_signal(signal.SIGHUP)
+    wait_until(lambda: get_json(base + "/readyz")["model"] == model_id(path))
+    assert "reload_error" not in get_json(base + "/readyz")
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "garbage"])
+def test_reload_model_keeps_the_current_model_whatever_the_file(tmp_path, problem):
+    path = tmp_path / "model.npz"
+    save_model(path, seed=0)
+    app = create_app({"MODEL_PATH": str(path)})
+    old_id = model_id(path)
+    path.unlink()
+    if problem == "directory":
+        path.mkdir()
+    elif problem == "garbage":
+        path.write_bytes(b"\x00" * 100)
+    swapped, message = reload_model(app)
+    assert not swapped and message.startswith(f"model reload refused, still serving {old_id}: ")
+    assert "\n" not in message and str(path) in message
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["model"] == old_id
+    assert ready.get_json()["reload_error"]["file"] == str(path)

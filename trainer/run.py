@@ -1,0 +1,197 @@
+"""One training run, after the command line was parsed: data, model, fit, test, outputs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shlex
+import sys
+from datetime import datetime, timezone
+
+from models import preprocessing_config, save, to_model_input
+from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
+from trainer.checkpoints import Checkpoint, load_checkpoint
+from trainer.config import Job, TrainConfig, UsageError
+from trainer.data import DATASETS, MNIST, Split, load_mnist
+from trainer.factory import build_model, build_optimizer
+from trainer.loop import Session, StopFlag, TrainingInterruptedError, evaluate, fit, prepare
+from trainer.report import (
+    Progress,
+    confusion_matrix,
+    format_test_report,
+    per_class_accuracy,
+    write_json,
+    write_metrics_csv,
+    write_plots,
+)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def digitgrad_version() -> str:
+    """The installed package's version (from its metadata), or "unknown" in a bare checkout."""
+    try:
+        return importlib.metadata.version("digitgrad")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> TrainConfig:
+    """The checkpoint's config, with the few flags that may change on resume applied."""
+    config = checkpoint.config
+    current = config.to_dict()
+    given = TrainConfig(**{**vars(config), **job.given}).to_dict()  # lists, as in ``current``
+    conflicts = [
+        f"--{name.replace('_', '-')} {_flag_text(given[name])} "
+        f"(checkpoint: {_flag_text(current[name])})"
+        for name in job.given
+        if given[name] != current[name] and name not in TrainConfig.RESUMABLE_CHANGES
+    ]
+    if conflicts:
+        raise UsageError("cannot resume with different hyper-parameters: " + ", ".join(conflicts)
+                         + "; drop those flags, or start afresh without --resume")
+    for name in TrainConfig.RESUMABLE_CHANGES:
+        if name in job.given:
+            setattr(config, name, job.given[name])
+    if config.epochs != current["epochs"] and (
+        config.schedule == "cosine" or config.warmup_epochs
+    ):
+        progress.message(f"note: --epochs changed from {current['epochs']} to {config.epochs}: "
+                         f"the {config.schedule} schedule is recomputed over the new total")
+    if checkpoint.state.epoch > config.epochs:
+        raise UsageError(f"the checkpoint has already done {checkpoint.state.epoch} epochs; "
+                         f"pass --epochs {checkpoint.state.epoch} or more")
+    return config
+
+
+def _flag_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run."""
+    args = list(argv)
+    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
+        args.append("--resume")
+    return shlex.join(["python", "-m", "trainer", *args])
+
+
+def load_data(job: Job, dataset: str) -> MNIST:
+    """The data set's three splits, downloading missing files unless told not to."""
+    def log(message: str) -> None:  # download progress: stderr, so stdout stays the epoch log
+        if not job.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    return load_mnist(job.data_dir, job.data_file, allow_download=job.download,
+                      progress=not job.quiet and sys.stderr.isatty(), log=log, dataset=dataset)
+
+
+def train(job: Job, stop: StopFlag) -> int:
+    """Everything after parsing; raises UsageError, DataError, DivergenceError."""
+    progress = Progress(quiet=job.quiet)
+    job.paths.check()
+    checkpoint_path = job.resume_from()
+    checkpoint = None
+    if checkpoint_path is not None:
+        if not checkpoint_path.exists():
+            raise UsageError(f"--resume: no checkpoint at {checkpoint_path}; pass "
+                             "--checkpoint-dir DIR of the interrupted run, or start afresh "
+                             "without --resume")
+        checkpoint = load_checkpoint(checkpoint_path)
+        config = resume_config(job, checkpoint, progress)
+    else:
+        config = job.config
+
+    data = load_data(job, config.dataset)
+    if checkpoint is not None and checkpoint.meta.get("data") != data.checksums:
+        raise UsageError(f"the data in {data.source} is not the data {checkpoint_path} was "
+                         "trained on (checksums differ); pass the same --data-dir/--data-file")
+    train_split = data.train
+    if config.train_size is not None:
+        if config.train_size > len(train_split):
+            raise UsageError(f"--train-size {config.train_size} exceeds the "
+                             f"{len(train_split)} training images")
+        train_split = Split(train_split.images[: config.train_size],
+                            train_split.labels[: config.train_size])
+    # the normalisation constants come from the training images only
+    preprocessing = (checkpoint.meta["preprocessing"] if checkpoint is not None else
+                     preprocessing_config(float(train_split.images.mean()),
+                                          float(train_split.images.std())))
+    prepared = prepare(train_split, data.val, preprocessing, config.augment_config())
+
+    try:
+        model = build_model(config)
+    except ValueError as exc:
+        raise UsageError(f"--arch {config.arch}: {exc}") from exc
+    session = Session(model, build_optimizer(model, config), config)
+    if checkpoint is not None:
+        checkpoint.restore(session)
+        progress.message(f"resuming from {checkpoint_path}: epoch {session.state.epoch}"
+                         + (f", batch {session.state.batch}" if session.state.batch else "")
+                         + f" of {config.epochs}")
+    progress.message(
+        f"training {model!r} ({model.num_parameters():,} parameters) on {len(train_split):,} "
+        f"images from {data.source}; validating on {len(data.val):,}"
+    )
+    callbacks = [
+        EarlyStopping(config.patience, progress),
+        CheckpointWriter(job.paths.checkpoint,
+                         {"preprocessing": preprocessing, "data": data.checksums}),
+        MetricsLog(job.paths.metrics),
+    ]
+    try:
+        # Ctrl-C asks for a clean stop only while training; before, it interrupts at once
+        with stop.on_sigint(notify=lambda m: print(m, file=sys.stderr, flush=True)):
+            fit(session, prepared, callbacks, progress, stop)
+    except TrainingInterruptedError as exc:
+        print(f"interrupted in epoch {exc.epoch}: checkpoint written to {job.paths.checkpoint}\n"
+              f"resume with: {resume_command(job.argv)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    export(session, data, preprocessing, len(train_split), job, progress)
+    return EXIT_OK
+
+
+def export(session: Session, data: MNIST, preprocessing: dict, train_images: int, job: Job,
+           progress: Progress) -> None:
+    """Test the best-validation parameters (the test set's only use) and write every output."""
+    model, state, config, paths = session.model, session.state, session.config, job.paths
+    model.load_state_dict(session.best)
+    test_x = to_model_input(data.test.images, preprocessing)
+    _, test_accuracy, predictions = evaluate(model, test_x, data.test.labels)
+    confusion = confusion_matrix(data.test.labels, predictions)
+    per_class = per_class_accuracy(confusion)
+    metrics = {
+        "val_accuracy": state.best_val_accuracy,
+        "test_accuracy": test_accuracy,
+        "per_class_accuracy": per_class,
+        "train_seconds": round(state.train_seconds, 3),
+    }
+    training = {**config.to_dict(), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
+                "stopped_early": state.stopped_early, "train_images": train_images}
+    metadata = {
+        "preprocessing": preprocessing,
+        "training": training,
+        "metrics": metrics,
+        "data": data.checksums,
+        "dataset": config.dataset,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "digitgrad_version": digitgrad_version(),
+    }
+    if list(data.classes) != [str(d) for d in range(10)]:
+        # the service answers these names as "label"; digits need none (their index says it)
+        metadata["classes"] = list(DATASETS[config.dataset].classes)
+    save(model, paths.out, metadata)
+    write_metrics_csv(paths.metrics, state.history)
+    write_json(paths.report, {**metrics, "confusion_matrix": confusion.tolist(),
+                              "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                              "history": state.history, "model": str(paths.out)})
+    written = [paths.out, paths.metrics, paths.report]
+    if job.plots:
+        written += write_plots(paths.out.with_name(paths.out.stem), state.history,
+                               confusion) or []
+    progress.message(format_test_report(test_accuracy, per_class, confusion))
+    progress.message(
+        f"best validation accuracy {100 * state.best_val_accuracy:.2f}% at epoch "
+        f"{state.best_epoch}; test accuracy {100 * test_accuracy:.2f}%; trained "
+        f"{state.train_seconds:.1f} s\nwrote " + ", ".join(str(p) for p in written)
+    )
