@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path,
                         help="model file (default: ./model.npz if present, else an untrained "
                              "DeepNetwork(784, 10, 256, 2): inference costs the same)")
+    parser.add_argument("--compare-model", type=Path,
+                        help="a second model file served by its own gunicorn: its 28x28 PNG "
+                             "/predict is measured in the same rounds (e.g. the CNN vs the MLP)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
@@ -287,21 +290,32 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     run = run_wrk if args.client == "wrk" else run_python
 
     load_before = os.getloadavg()[0]
-    port = free_port()
-    process, log = start_server(model, port, workdir, args.workers, args.config)
-    base = f"http://127.0.0.1:{port}"
+    ports = [free_port()]
+    servers = [start_server(model, ports[0], workdir, args.workers, args.config)]
+    if args.compare_model is not None:
+        print(f"compare model: {args.compare_model}")
+        compare_dir = workdir / "compare"
+        compare_dir.mkdir()
+        ports.append(free_port())
+        servers.append(start_server(args.compare_model, ports[1], compare_dir, args.workers,
+                                    args.config))
+        cases.append(("POST /predict PNG, compare", "/predict", png, "image/png"))
     results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
     try:
-        for _name, path, body, content_type in cases:  # warm-up, and each must answer 200
-            run(base + path, body, content_type, args.concurrency, 1, script)
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds + 1):  # round 0: warm-up, and each must answer 200
             for name, path, body, content_type in cases:
-                results[name].append(measure_once(run, process.pid, base + path, body,
-                                                  content_type, args, script))
+                index = 1 if name.endswith("compare") else 0
+                url = f"http://127.0.0.1:{ports[index]}{path}"
+                if round_ == 0:
+                    run(url, body, content_type, args.concurrency, 1, script)
+                else:
+                    results[name].append(measure_once(run, servers[index][0].pid, url, body,
+                                                      content_type, args, script))
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        for process, log in servers:
+            process.terminate()
+            process.wait(timeout=30)
+            log.close()
 
     workers = args.workers or os.environ.get("WEB_CONCURRENCY") or "config default"
     print(f"client: {args.client}, {args.concurrency} concurrent keep-alive connections, "
@@ -309,7 +323,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
           f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and "
           f"{os.getloadavg()[0]:.1f} after (other processes skew clock-time figures)")
     medians = print_medians(results)
-    healthz, small, photo = (medians[name] for name, *_ in cases)
+    healthz, small, photo = (medians[name] for name, *_ in cases[:3])
     ratio = small["rps"] / healthz["rps"]
     worst_p99 = max(m["p99"] for m in medians.values())
     print(f"small-PNG /predict throughput / /healthz throughput: {ratio:.2f} (target >= 0.60); "
@@ -318,6 +332,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
           f"(target >= 0.50); by server CPU per request: "
           f"{small['cpu_ms'] / photo['cpu_ms']:.2f}")
     print(f"worst p99: {worst_p99:.1f} ms (target < 50 ms at 16 clients)")
+    if args.compare_model is not None:
+        compare = medians[cases[3][0]]
+        print(f"28x28 PNG /predict, {model.name} / {args.compare_model.name} throughput: "
+              f"{small['rps'] / compare['rps']:.2f}; by server CPU per request: "
+              f"{compare['cpu_ms'] / small['cpu_ms']:.2f}")
     return 0
 
 

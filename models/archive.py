@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -100,13 +101,17 @@ def read_archive(path, kind: str | None = None) -> tuple[dict[str, np.ndarray], 
     With ``kind``, a file of another kind (a checkpoint where a model is expected) is an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(path, "no such file" if not path.exists() else "not a regular file")
     try:
         f = open(path, "rb")  # opened here so that it is closed even when numpy fails
-    except OSError as exc:
-        raise ModelFileError(path, f"cannot be read ({exc.strerror})") from exc
+    except FileNotFoundError as exc:
+        raise ModelFileError(path, "no such file") from exc
+    except OSError as exc:  # a directory, or no permission on the file or a folder above it
+        problem = ("not a regular file" if isinstance(exc, IsADirectoryError)
+                   else f"cannot be read ({exc.strerror})")
+        raise ModelFileError(path, problem) from exc
     with f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ModelFileError(path, "not a regular file")
         if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
             raise ModelFileError(path, "not an .npz archive (no zip signature at the start): "
                                  "expected a model file written by models.save")

@@ -152,7 +152,8 @@ def predict_number():
         for image, (_, box), p in zip(images, digits, probabilities):
             digit = int(np.argmax(p))
             metrics.observe_prediction(digit)
-            entry = {"digit": digit, "confidence": float(p[digit]), "box": list(box)}
+            entry = {"digit": digit, **model.label(digit), "confidence": float(p[digit]),
+                     "box": list(box)}
             if debug:
                 entry["debug_image"] = _debug_image(image)
             entries.append(entry)

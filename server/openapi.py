@@ -149,7 +149,10 @@ SCHEMAS = {
         "type": "object",
         "required": ["digit", "confidence", "probabilities", "model"],
         "properties": {
-            "digit": {"type": "integer", "minimum": 0, "maximum": 9},
+            "digit": {"type": "integer", "minimum": 0, "maximum": 9,
+                      "description": "The class index (a digit, for MNIST models)."},
+            "label": {"type": "string", "description": "The class name, when the model file "
+                                                        "names its classes (Fashion-MNIST)."},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1,
                            "description": "The probability of `digit`."},
             "probabilities": {"type": "array", "minItems": 10, "maxItems": 10,
@@ -173,6 +176,8 @@ SCHEMAS = {
                 "required": ["digit", "confidence", "box"],
                 "properties": {
                     "digit": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "label": {"type": "string", "description": "The class name, when the "
+                                                                "model file names its classes."},
                     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                     "box": {"type": "array", "minItems": 4, "maxItems": 4,
                             "items": {"type": "integer", "minimum": 0},
@@ -235,6 +240,8 @@ SCHEMAS = {
             "metrics": {"description": "Training and test metrics, as the trainer wrote them."},
             "data": {"description": "The data the model was trained on."},
             "created": {"description": "When the model file was written."},
+            "classes": {"type": "array", "minItems": 10, "maxItems": 10, "items": TEXT,
+                        "description": "The class names, when the model file has them."},
             "loaded_at": {"type": "string", "format": "date-time"},
             "load_seconds": {"type": "number"},
             "ready": {"type": "boolean"},

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +44,7 @@ from dockerfile_parse import DockerfileParser
 from drawing import digit_png
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from serving import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -499,12 +499,6 @@ def context_image(engine, build_context):
     yield build(engine, build_context, "digitgrad-test:context",
                 "--build-arg", "MODEL_SOURCE=context")
     engine("rmi", "digitgrad-test:context", check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 #: The README's way to run it; the host's network instead of -p, as no bridge network exists here.

@@ -4,73 +4,26 @@ production path) and ``python -m server`` (the development server)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from drawing import digit_png
+from serving import (
+    REPO,
+    free_port,
+    gunicorn_env,
+    request,
+    running_gunicorn,
+    wait_ready,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("gunicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def gunicorn_env(model: Path, metrics_dir: Path | None = None, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(MODEL_PATH=str(model), WEB_CONCURRENCY="2", GUNICORN_THREADS="2", **extra)
-    if metrics_dir is not None:
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    return env
-
-
-def start_gunicorn(env: dict, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
-             "server:create_app()"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-
-
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
-
-
-def request(url: str, data=None, headers: dict | None = None):
-    """(status, body bytes) of one HTTP request; HTTP errors are answers too."""
-    req = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with OPENER.open(req, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_ready(base: str, process: subprocess.Popen, log: Path, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if request(base + "/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn not ready after {seconds} s:\n{log.read_text()}")
 
 
 @pytest.fixture
@@ -79,19 +32,10 @@ def server(tiny_model_path, tmp_path):
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"stale file from an earlier run")
-    port = free_port()
     log = tmp_path / "gunicorn.log"
-    env = gunicorn_env(tiny_model_path, metrics_dir, BIND=f"127.0.0.1:{port}",
-                       MAX_UPLOAD_BYTES="20000")
-    process = start_gunicorn(env, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process, log)
+    with running_gunicorn(tiny_model_path, log, metrics_dir, MAX_UPLOAD_BYTES="20000") as (
+            base, process):
         yield base, process, metrics_dir, log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def test_serves_predicts_counts_across_workers_and_stops_gracefully(server):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from drawing import digit_png
-from test_gunicorn import free_port, gunicorn_env, request, start_gunicorn, wait_ready
+from serving import request, running_gunicorn
 
 from models import DeepNetwork, preprocessing_config, save
 from server import create_app
@@ -117,17 +117,9 @@ def served(tmp_path):
     log)."""
     path = tmp_path / "model.npz"
     save_model(path, seed=0)
-    port = free_port()
     log = tmp_path / "gunicorn.log"
-    process = start_gunicorn(gunicorn_env(path, BIND=f"127.0.0.1:{port}"), log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process, log)
+    with running_gunicorn(path, log) as (base, process):
         yield base, process, path, log
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def test_swap_under_load_drops_nothing_and_serves_the_new_model(served):

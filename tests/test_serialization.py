@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -260,3 +263,24 @@ def test_metadata_must_be_json(tmp_path, model):
     with pytest.raises(TypeError):
         save(model, tmp_path / "m.npz", {"bad": object()})
     assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to read the file as another user")
+@pytest.mark.parametrize("locked", ["file", "folder"])
+def test_a_file_another_user_cannot_reach_is_one_clear_error(model, tmp_path, locked):
+    # what the service user (uid 10001 in the image) meets with a model it may not read
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = folder / "model.npz"
+    save(model, path)
+    tmp_path.chmod(0o755)
+    folder.chmod(0o700 if locked == "folder" else 0o755)
+    path.chmod(0o600 if locked == "file" else 0o644)
+    code = (f"import models\ntry: models.load({str(path)!r})\n"
+            "except models.ModelFileError as e: print(e)")
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: cannot be read (Permission denied)"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from drawing import digit_png
 from PIL import Image
-from test_gunicorn import free_port, gunicorn_env, request, start_gunicorn, wait_ready
+from serving import request, running_gunicorn
 
 STALLED = 32
 READ_TIMEOUT = 4  # CLIENT_READ_TIMEOUT for the server: well above a /healthz answer's time
@@ -29,18 +29,11 @@ HANG = 60  # seconds after which a socket read means the server is stuck: the te
 @pytest.fixture
 def server(tiny_model_path, tmp_path):
     """gunicorn with the config's own thread count, 2 workers; yields (host, port)."""
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    env = gunicorn_env(tiny_model_path, BIND=f"127.0.0.1:{port}",
-                       CLIENT_READ_TIMEOUT=str(READ_TIMEOUT))
-    del env["GUNICORN_THREADS"]  # the production default is what is under test
-    process = start_gunicorn(env, log)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process, log)
-        yield "127.0.0.1", port
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    # GUNICORN_THREADS unset: the production default is what is under test
+    with running_gunicorn(tiny_model_path, tmp_path / "gunicorn.log", GUNICORN_THREADS=None,
+                          CLIENT_READ_TIMEOUT=str(READ_TIMEOUT)) as (base, _process):
+        host, port = base.removeprefix("http://").split(":")
+        yield host, int(port)
 
 
 def stalled_upload(host: str, port: int) -> socket.socket:

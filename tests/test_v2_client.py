@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from drawing import digit_png
-from test_gunicorn import free_port, gunicorn_env, request, start_gunicorn, wait_ready
+from serving import request, running_gunicorn
 
 from models import DeepNetwork, preprocessing_config, save
 from server.model import LoadedModel
@@ -20,21 +20,9 @@ MAX_UPLOAD_BYTES = 60_000
 
 
 def serve(model_path, tmp_path):
-    """Start gunicorn (2 workers) on model_path; returns (process, base URL, log)."""
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    env = gunicorn_env(model_path, tmp_path / "prometheus", BIND=f"127.0.0.1:{port}",
-                       MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES))
-    process = start_gunicorn(env, log)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, process, log)
-    return process, base, log
-
-
-def stop(process) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
+    """gunicorn (2 workers) serving model_path until the block ends; yields the base URL."""
+    return running_gunicorn(model_path, tmp_path / "gunicorn.log", tmp_path / "prometheus",
+                            MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES))
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +32,8 @@ def server(tmp_path_factory):
     path = tmp_path / "tiny.npz"
     save(DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(1)), path,
          {"preprocessing": preprocessing_config(0.1307, 0.3081)})
-    process, base, _ = serve(path, tmp_path)
-    try:
+    with serve(path, tmp_path) as (base, _process):
         yield base, LoadedModel(path)
-    finally:
-        stop(process)
 
 
 @pytest.fixture
@@ -205,14 +190,11 @@ def test_mnist_pixels_through_the_client_match_the_in_process_model(
     images = (raw[:64] / np.float32(255)).astype(np.float32)
     model = LoadedModel(trained_model_path)
     expected = model.predict(images)
-    process, base, _ = serve(trained_model_path, tmp_path)
-    try:
-        with httpclient.InferenceServerClient(base.removeprefix("http://")) as triton:
-            for start in range(0, len(images), 16):
-                batch = images[start:start + 16]
-                result = triton.infer("digitgrad", [pixels_input(batch, binary=True)])
-                np.testing.assert_allclose(result.as_numpy("probabilities"),
-                                           expected[start:start + 16], atol=1e-6)
-                assert (result.as_numpy("digit") == expected[start:start + 16].argmax(1)).all()
-    finally:
-        stop(process)
+    with serve(trained_model_path, tmp_path) as (base, _process), \
+            httpclient.InferenceServerClient(base.removeprefix("http://")) as triton:
+        for start in range(0, len(images), 16):
+            batch = images[start:start + 16]
+            result = triton.infer("digitgrad", [pixels_input(batch, binary=True)])
+            np.testing.assert_allclose(result.as_numpy("probabilities"),
+                                       expected[start:start + 16], atol=1e-6)
+            assert (result.as_numpy("digit") == expected[start:start + 16].argmax(1)).all()

@@ -10,6 +10,7 @@ import contextlib
 import sys
 import time
 
+from autodiff import reuse_freed_memory
 from models import ModelFileError
 from trainer.cli import parse
 from trainer.config import UsageError
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     job = None
     try:
         job = parse(argv)
+        # every step allocates the same large arrays: keep freed ones for reuse instead of
+        # paying page faults on fresh memory each step (autodiff/memory.py measures it)
+        reuse_freed_memory()
         with blas_threads(job.threads):
             return train(job, StopFlag())
     except (UsageError, DataError, ModelFileError) as exc:
