@@ -8,7 +8,7 @@ ratio of the medians (targets: training <= 1.2x, batch-1 inference < 1x). Steps 
 CPU time of the process (``time.process_time``), which a busy machine inflates far less than
 wall time: time spent descheduled is not counted.
 
-    python bench/cnn.py [--configs lenet wide] [--batch-sizes 64 128] [--rounds 15]
+    python bench/cnn.py [--configs default lenet wide] [--batch-sizes 64 128] [--rounds 15]
                         [--steps 20] [--profile CONFIG]
 
 torch is an optional benchmark dependency (``pip install torch==2.13.0``): without it the
@@ -37,12 +37,15 @@ LR, MOMENTUM = 0.01, 0.9
 
 #: candidate architectures (ConvNetwork keyword arguments), by name
 CONFIGS = {
+    # the trainer's default (trainer/config.py) and its recipe (README)
+    "default": {"channels": (8, 16), "kernel_sizes": (5, 5), "paddings": (2, 0),
+                "hidden_dims": (120, 84)},
+    "recipe": {"channels": (12, 24), "kernel_sizes": (5, 5), "paddings": (2, 0),
+               "hidden_dims": (128,)},
     "lenet": {"channels": (6, 16), "kernel_sizes": (5, 5), "paddings": (2, 0),
               "hidden_dims": (120, 84)},
     "8-16": {"channels": (8, 16), "kernel_sizes": (5, 5), "paddings": (2, 0),
              "hidden_dims": (128,)},
-    "12-24": {"channels": (12, 24), "kernel_sizes": (5, 5), "paddings": (2, 0),
-              "hidden_dims": (128,)},
     "wide": {"channels": (16, 32), "kernel_sizes": (5, 5), "paddings": (2, 2),
              "hidden_dims": (128,)},
     "3x3": {"channels": (32, 64), "kernel_sizes": (3, 3), "paddings": (1, 1),

@@ -12,6 +12,7 @@ import io
 import json
 import pickle
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,14 @@ import trainer.run
 from autodiff import ComputationGraphNode, no_grad
 from models import load, read_checkpoint, to_model_input
 from models.archive import META_KEY
-from trainer.augment import AugmentConfig, augment_batch, elastic_offsets, lowres_matrix, warp
+from trainer.augment import (
+    CLOTHES,
+    AugmentConfig,
+    augment_batch,
+    elastic_offsets,
+    lowres_matrix,
+    warp,
+)
 from trainer.checkpoints import load_checkpoint
 from trainer.cli import build_parser
 from trainer.config import CHECKPOINT_NAME
@@ -188,6 +196,17 @@ def test_lowres_keeps_what_the_small_image_can_hold():
     fine[:, :, ::2] = 1.0  # one-pixel stripes cannot survive 8-16 px
     coarse = augment_batch(fine, rng, ONLY["lowres"])
     assert coarse.std() < 0.5 * fine.std()
+
+
+def test_clothes_are_mirrored_and_shifted_never_rotated_or_slanted():
+    image = np.zeros((200, 28, 28), dtype=np.float32)
+    image[:, 6:22, 4:8] = 1.0  # a bar on the left
+    still = replace(CLOTHES, max_shift=0.0, scale_range=(1.0, 1.0))
+    out = augment_batch(image, np.random.default_rng(0), still)
+    mirrored = out[:, :, 20:24].sum(axis=(1, 2)) > 0.9 * image[0].sum()
+    assert 60 < mirrored.sum() < 140  # about half, each exactly mirrored or left alone
+    np.testing.assert_allclose(out[mirrored], image[mirrored][:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(out[~mirrored], image[~mirrored], atol=1e-5)
 
 
 def test_warp_shifts_content():

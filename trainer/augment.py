@@ -40,10 +40,18 @@ class AugmentConfig:
     # low-resolution scans: shrink to size x size (area average), enlarge back to 28x28
     lowres_probability: float = 0.15
     lowres_sizes: tuple[int, int] = (8, 16)  # inclusive range of the intermediate size
+    flip_probability: float = 0.0  # mirror left to right: clothes, never digits
 
     def without(self, *names: str) -> AugmentConfig:
         """A copy with the named transformations (elastic, blur, lowres, thickness) turned off."""
         return replace(self, **{f"{name}_probability": 0.0 for name in names})
+
+
+#: For photos of clothes (Fashion-MNIST): centred and upright, but a shirt mirrored is a shirt;
+#: small shifts and scale changes, left-right mirroring, nothing that models handwriting.
+CLOTHES = AugmentConfig(max_shift=2.0, max_rotation=0.0, scale_range=(0.95, 1.05), max_shear=0.0,
+                        thickness_probability=0.0, elastic_probability=0.0, blur_probability=0.0,
+                        lowres_probability=0.0, flip_probability=0.5)
 
 
 def _affine_grids(n: int, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, ...]:
@@ -218,4 +226,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator,
         out = lowres(out, rng, cfg.lowres_probability, cfg.lowres_sizes)
     if cfg.blur_probability > 0:
         out = blur(out, rng, cfg.blur_probability, cfg.blur_sigma)
+    if cfg.flip_probability > 0:
+        flip = rng.random(len(out)) < cfg.flip_probability
+        out[flip] = out[flip, :, ::-1]
     return np.clip(out, 0.0, 1.0, out=out)

@@ -117,13 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     hyper(model, "--arch", "cnn: a convolutional network; mlp: the course lab's DeepNetwork",
           choices=tuple(ARCH_FIELDS))
-    hyper(model, "--channels", "cnn: filters of each conv layer (each: conv, ReLU, 2x2 max-pool)",
+    hyper(model, "--channels", "cnn: filters of each conv layer (each: conv, ReLU, 2x2 max-pool; "
+                               "default: 8,16; fashion-mnist: 16,32)",
           type=_int_list, metavar="C1,C2")
     hyper(model, "--kernel-sizes", "cnn: kernel size of each conv layer", type=_int_list,
           metavar="K1,K2")
     hyper(model, "--paddings", "cnn: zero padding of each conv layer", type=_int_list,
           metavar="P1,P2")
-    hyper(model, "--fc-dims", "cnn: widths of the fully-connected hidden layers",
+    hyper(model, "--fc-dims", "cnn: widths of the fully-connected hidden layers (default: "
+                              "120,84; fashion-mnist: 128)",
           type=_int_list, metavar="N1,N2")
     hyper(model, "--hidden-dim", "mlp: units per hidden layer", type=_positive_int, metavar="N")
     hyper(model, "--layers", "mlp: number of hidden layers", type=_positive_int, metavar="N")
