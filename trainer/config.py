@@ -114,10 +114,6 @@ class TrainConfig:
         off = [name for name in ("elastic", "blur", "lowres") if not getattr(self, name)]
         return AUGMENTATION[self.dataset].without(*off)
 
-    def architecture_summary(self) -> dict:
-        """Only the fields of the chosen architecture (the others are unused)."""
-        return {name: getattr(self, name) for name in ARCH_FIELDS[self.arch]}
-
 
 @dataclass
 class Paths:
