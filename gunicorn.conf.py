@@ -54,8 +54,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
 # 100 kB body, then stalled, held every thread, and /healthz and /predict from another
 # client waited > 30 s (never answered); the stalled uploads were never dropped. So threads
 # are cheap waiters (many per worker; each idle thread costs a stack, not CPU), the work is
-# bounded apart from them (server/api.py lets COMPUTE_SLOTS requests per worker decode at
-# once, so memory does not grow with the thread count), and a read or write that makes no
+# bounded apart from them (server/api.py lets one request per worker decode or run the model
+# at a time, COMPUTE_SLOTS in server/state.py, so memory and GIL contention do not grow with
+# the thread count), and a read or write that makes no
 # progress for CLIENT_READ_TIMEOUT seconds fails (pre_request below): the app answers 408
 # and the connection is closed. Measured with 32 stalled uploads, 2 workers, loopback:
 #   gthread, 4 threads, no read deadline:  /healthz, /predict time out (> 30 s)

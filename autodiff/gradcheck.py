@@ -14,16 +14,15 @@ def numerical_gradient(f: Callable[[], float], array: np.ndarray, eps: float = 1
 
     ``array`` is perturbed in place and restored; ``f`` must read it afresh on every call.
     """
-    grad = np.zeros_like(array, dtype=np.float64)
-    flat = array.reshape(-1)
-    for i in range(flat.size):
-        original = flat[i]
-        flat[i] = original + eps
+    grad = np.zeros(array.shape, dtype=np.float64)
+    for i in np.ndindex(array.shape):  # not a flat view: of a non-contiguous array, it is a copy
+        original = array[i]
+        array[i] = original + eps
         plus = f()
-        flat[i] = original - eps
+        array[i] = original - eps
         minus = f()
-        flat[i] = original
-        grad.reshape(-1)[i] = (plus - minus) / (2 * eps)
+        array[i] = original
+        grad[i] = (plus - minus) / (2 * eps)
     return grad
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -19,15 +17,21 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "grad_enabled", True)
 
 
-@contextmanager
-def no_grad() -> Iterator[None]:
-    """Record no graph inside the block: outputs are constants, nothing is saved for backward."""
-    previous = is_grad_enabled()
-    _state.grad_enabled = False
-    try:
-        yield
-    finally:
-        _state.grad_enabled = previous
+class no_grad:  # noqa: N801 - used like a function (``with no_grad():``), as in torch
+    """Record no graph inside the block: outputs are constants, nothing is saved for backward.
+
+    A class, not a ``@contextmanager`` generator: entering and leaving cost 0.3 µs instead of
+    1.2, a few percent of a batch-1 forward pass of a small MLP.
+    """
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        self.previous = is_grad_enabled()
+        _state.grad_enabled = False
+
+    def __exit__(self, *exc_info) -> None:
+        _state.grad_enabled = self.previous
 
 
 def as_array(data, dtype=None) -> np.ndarray:
@@ -51,7 +55,7 @@ class ComputationGraphNode:
     __array_ufunc__ = None  # make `ndarray + node` call node.__radd__ instead of looping in numpy
 
     def __init__(self, data, require_grad: bool = False):
-        self.value = as_array(data)
+        self.value = data if type(data) is np.ndarray else as_array(data)  # ops' outputs: no call
         if require_grad and not np.issubdtype(self.value.dtype, np.floating):
             raise TypeError(
                 f"require_grad=True needs floating-point data, got dtype {self.value.dtype}"

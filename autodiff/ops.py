@@ -3,6 +3,8 @@
 Each op's ``forward(*arrays, *params)`` returns ``(output, saved)``: what backward needs is kept
 from the forward pass, never recomputed. ``backward(saved, g, needs)`` returns one gradient per
 graph input, computing only those whose ``needs`` flag is set (``None`` for the others).
+Where no gradient can flow (inside ``no_grad()``, or every input a constant) ``infer(*arrays,
+*params)`` gives the output alone: ops whose forward does work only for backward override it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class Operation:
     def backward(saved, g, needs):
         raise NotImplementedError("Operation subclasses define backward(saved, g, needs)")
 
+    @classmethod
+    def infer(cls, *args):
+        """``forward``'s output alone, for when no gradient can flow back through this op."""
+        return cls.forward(*args)[0]
+
     def __call__(self, *args) -> ComputationGraphNode:
         n = self.arity
         if len(args) < n:
@@ -62,19 +69,25 @@ class Operation:
             if not isinstance(a, ComputationGraphNode):
                 inputs = _lift_all(inputs)
                 break
-        try:
-            out, saved = self.forward(*[i.value for i in inputs], *args[n:])
-        except ValueError as exc:
-            raise _named_error(self, inputs, exc) from exc
-        node = ComputationGraphNode(out if type(out) is np.ndarray else np.asarray(out))
+        record = False  # a gradient can flow back: an input requires grad, outside no_grad()
         if is_grad_enabled():
             for i in inputs:
                 if i.require_grad:
-                    node.require_grad = True
-                    node.func = self
-                    node.input_nodes = inputs
-                    node.saved = saved
+                    record = True
                     break
+        try:
+            if record:
+                out, saved = self.forward(*[i.value for i in inputs], *args[n:])
+            else:
+                out = self.infer(*[i.value for i in inputs], *args[n:])
+        except ValueError as exc:
+            raise _named_error(self, inputs, exc) from exc
+        node = ComputationGraphNode(out if type(out) is np.ndarray else np.asarray(out))
+        if record:
+            node.require_grad = True
+            node.func = self
+            node.input_nodes = inputs
+            node.saved = saved
         return node
 
 
@@ -460,6 +473,10 @@ class log_softmax(Operation):  # noqa: N801 - lower case like the lab's nll
     def forward(x, axis=-1):
         y = _log_softmax(x, axis)
         return y, (np.exp(y), axis)
+
+    @staticmethod
+    def infer(x, axis=-1):  # without the softmax that only backward uses
+        return _log_softmax(x, axis)
 
     @staticmethod
     def backward(saved, g, needs):

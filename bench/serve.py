@@ -8,8 +8,11 @@ generator), round robin over three requests so machine noise hits all alike:
 * ``POST /predict`` with a 28x28 PNG (an MNIST test digit when $MNIST_DIR is set);
 * ``POST /predict`` with a 400x300 photo-like JPEG (digit on grey, lit, noisy paper).
 
-It prints requests/s and p50/p99 latency per request (medians over the rounds), and the
-ratio of small-PNG /predict throughput to /healthz's. Targets: >= 0.60, p99 < 50 ms at 16.
+It prints requests/s, p50/p99 latency and server CPU per request (medians over the rounds),
+and the ratios the upload issue set: small-PNG /predict throughput >= 0.60 of /healthz's,
+400x300 JPEG >= 0.50 of the small PNG's (medians of each round's ratio: a round's runs are
+seconds apart), p99 < 50 ms at 16. A run whose connections all landed on one worker is
+repeated (see LOPSIDED): it measures where wrk's connections went, not the request.
 
     python bench/serve.py [--model model.npz] [--concurrency 16] [--duration 8] [--rounds 3]
 """
@@ -128,14 +131,15 @@ def wait_ready(name: str, process: subprocess.Popen, url: str, log: Path,
     raise SystemExit(f"{name} did not become ready within {seconds:g} s")
 
 
-def server_cpu_seconds(master_pid: int) -> float:
-    """User + system CPU seconds of the gunicorn master and its workers so far (Linux /proc).
+def server_cpu(master_pid: int) -> dict[int, float]:
+    """User + system CPU seconds so far of the gunicorn master and of each worker, by pid.
 
     CPU per request is steadier than requests/s on a shared machine: other processes slow the
-    clock-time figures, much less the CPU each request costs.
+    clock-time figures, much less the CPU each request costs. Per process, it also shows how
+    the load was spread over the workers.
     """
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    seconds = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -143,8 +147,16 @@ def server_cpu_seconds(master_pid: int) -> float:
             continue  # a process that just exited
         pid = int(stat.parent.name)
         if pid == master_pid or int(fields[1]) == master_pid:  # fields[1] is the parent pid
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
+def busiest_worker_share(before: dict[int, float], after: dict[int, float],
+                         master_pid: int) -> float:
+    """The largest share of the workers' CPU one worker used between two ``server_cpu``s."""
+    used = [after[pid] - before.get(pid, 0.0) for pid in after if pid != master_pid]
+    total = sum(used)
+    return max(used) / total if len(used) > 1 and total > 0 else 1.0
 
 
 def parse_duration(value: str, unit: str) -> float:
@@ -212,22 +224,40 @@ def run_python(url: str, body: Path | None, content_type: str, concurrency: int,
             "p99": float(np.percentile(ms, 99))}
 
 
+#: A run in which one worker did more than this share of the work landed (nearly) all of the
+#: client's keep-alive connections on that worker: wrk opens them all at once, and whichever
+#: worker wakes first may accept every one, leaving the other core idle. Seen on /healthz in
+#: about one run in three (2 workers: ~1,400 instead of ~2,800 req/s, one worker at 0 CPU).
+#: Such a run measures connection placement, not the request, so it is repeated.
+LOPSIDED = 0.8
+TRIES = 4
+
+
 def measure_once(run, server_pid: int, url: str, body: Path | None, content_type: str,
                  args: argparse.Namespace, script: Path) -> dict:
     """One measurement of ``run`` (run_wrk or run_python), with the server's and the load
     generator's CPU ms/request: on a small machine the client competes with the server for
-    the cores, the more so the cheaper the request (/healthz)."""
+    the cores, the more so the cheaper the request (/healthz). A run whose connections all
+    landed on one worker (LOPSIDED) is repeated, up to TRIES runs; ``row["tries"]`` counts."""
     has_proc = Path(f"/proc/{server_pid}/stat").exists()
-    cpu = server_cpu_seconds(server_pid) if has_proc else 0.0
-    # this process (the Python client's threads) plus its finished children (wrk); the
-    # server is a child too, but one not yet waited for, so it is not counted here
-    client = sum(os.times()[:4])
-    row = run(url, body, content_type, args.concurrency, args.duration, script)
-    client = sum(os.times()[:4]) - client
-    cpu = server_cpu_seconds(server_pid) - cpu if has_proc else float("nan")
+    tries = 0
+    while tries < TRIES:
+        tries += 1
+        before = server_cpu(server_pid) if has_proc else {}
+        # this process (the Python client's threads) plus its finished children (wrk); the
+        # server is a child too, but one not yet waited for, so it is not counted here
+        client = sum(os.times()[:4])
+        row = run(url, body, content_type, args.concurrency, args.duration, script)
+        client = sum(os.times()[:4]) - client
+        after = server_cpu(server_pid) if has_proc else {}
+        share = busiest_worker_share(before, after, server_pid) if has_proc else 1.0
+        if share <= LOPSIDED or len(after) <= 2:  # balanced, or one worker (+ the master)
+            break
+    cpu = sum(after.values()) - sum(before.values()) if has_proc else float("nan")
     requests = row["rps"] * args.duration
     row["cpu_ms"] = 1e3 * cpu / requests
     row["client_cpu_ms"] = 1e3 * client / requests
+    row["busiest_share"], row["tries"] = share, tries
     return row
 
 
@@ -323,14 +353,19 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
           f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and "
           f"{os.getloadavg()[0]:.1f} after (other processes skew clock-time figures)")
     medians = print_medians(results)
-    healthz, small, photo = (medians[name] for name, *_ in cases[:3])
-    ratio = small["rps"] / healthz["rps"]
+    repeated = sum(r["tries"] - 1 for rows in results.values() for r in rows)
+    print(f"runs repeated because one worker got (nearly) all connections: {repeated}")
+    small = medians[cases[1][0]]
     worst_p99 = max(m["p99"] for m in medians.values())
-    print(f"small-PNG /predict throughput / /healthz throughput: {ratio:.2f} (target >= 0.60); "
-          f"by server CPU per request: {healthz['cpu_ms'] / small['cpu_ms']:.2f}")
-    print(f"400x300 JPEG throughput / small-PNG throughput: {photo['rps'] / small['rps']:.2f} "
-          f"(target >= 0.50); by server CPU per request: "
-          f"{small['cpu_ms'] / photo['cpu_ms']:.2f}")
+    for label, top, bottom, target in (
+            ("small-PNG /predict / /healthz", cases[1][0], cases[0][0], 0.6),
+            ("400x300 JPEG / small-PNG /predict", cases[2][0], cases[1][0], 0.5)):
+        # a round's runs are seconds apart, so their ratio suffers least from other load
+        per_round = [t["rps"] / b["rps"] for t, b in zip(results[top], results[bottom])]
+        print(f"{label} throughput: {statistics.median(per_round):.2f} (target >= {target:.2f};"
+              f" rounds {', '.join(f'{r:.2f}' for r in per_round)}; ratio of medians "
+              f"{medians[top]['rps'] / medians[bottom]['rps']:.2f}); by server CPU per request: "
+              f"{medians[bottom]['cpu_ms'] / medians[top]['cpu_ms']:.2f}")
     print(f"worst p99: {worst_p99:.1f} ms (target < 50 ms at 16 clients)")
     if args.compare_model is not None:
         compare = medians[cases[3][0]]

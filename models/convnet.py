@@ -92,18 +92,18 @@ class ConvNetwork(Module):
     def _as_images(self, x) -> ComputationGraphNode:
         """x as an (N, C, H, W) node of the parameters' dtype."""
         shape = (self.in_channels, self.image_size, self.image_size)
-        dtype = self.layers[0].W.value.dtype
+        size = self.in_channels * self.image_size**2  # not np.prod: 3 µs a call, at batch 1 too
         if not isinstance(x, ComputationGraphNode):
-            x = np.asarray(x, dtype=dtype)
-            if x.ndim == 2 and x.shape[1] == np.prod(shape):
+            x = np.asarray(x, dtype=self.layers[0].W.value.dtype)
+            if x.ndim == 2 and x.shape[1] == size:
                 x = x.reshape((-1,) + shape)
             x = ComputationGraphNode(x)
-        elif x.ndim == 2 and x.shape[1] == np.prod(shape):
+        elif x.ndim == 2 and x.shape[1] == size:
             x = x.reshape((-1,) + shape)
         if x.shape[1:] != shape:
             raise ValueError(
                 f"ConvNetwork expects images (N, {', '.join(map(str, shape))}) or flat rows "
-                f"(N, {int(np.prod(shape))}), got shape {x.shape}"
+                f"(N, {size}), got shape {x.shape}"
             )
         return x
 

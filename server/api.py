@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -26,11 +27,32 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+_holding = threading.local()
+
+
 @contextmanager
 def compute_slot():
-    """Hold one of this worker's COMPUTE_SLOTS (server.state) while decoding an upload."""
-    with get_serving().compute_slots:
+    """Hold one of this worker's COMPUTE_SLOTS (server.state) while decoding an upload or
+    running the model: waiting threads sleep instead of trading the GIL with the one working.
+
+    Re-entrant within a thread, so a route can hold one slot across its stages while the
+    helpers it calls (``upload_to_mnist``, ``predict_images``) still take one when called alone.
+    """
+    if getattr(_holding, "slot", False):
         yield
+        return
+    with get_serving().compute_slots:
+        _holding.slot = True
+        try:
+            yield
+        finally:
+            _holding.slot = False
+
+
+def predict_images(model: LoadedModel, images: np.ndarray) -> np.ndarray:
+    """``model.predict(images)`` in a compute slot."""
+    with compute_slot():
+        return model.predict(images)
 
 
 @bp.after_app_request
@@ -120,15 +142,17 @@ def predict():
     metrics = get_serving().metrics
     with metrics.stage("decode"):
         data = _single_upload()
-    with metrics.stage("preprocess"):
-        image = upload_to_mnist(data)
-    with metrics.stage("inference"):
-        probabilities = model.predict(image[None])[0]
-    with metrics.stage("encode"):
-        body = _prediction(probabilities, model)
-        if _debug_requested():
-            body["debug_image"] = _debug_image(image)
-        response = jsonify(body)
+    # one slot for all the work after the body is read: threads waiting for it sleep
+    with compute_slot():
+        with metrics.stage("preprocess"):
+            image = upload_to_mnist(data)
+        with metrics.stage("inference"):
+            probabilities = predict_images(model, image[None])[0]
+        with metrics.stage("encode"):
+            body = _prediction(probabilities, model)
+            if _debug_requested():
+                body["debug_image"] = _debug_image(image)
+            response = jsonify(body)
     return response
 
 
@@ -140,12 +164,18 @@ def predict_number():
     with metrics.stage("decode"):
         data = _single_upload()
     _check_not_empty(data)
-    with metrics.stage("preprocess"), compute_slot():
+    with compute_slot():
+        return _read_number(model, metrics, data)
+
+
+def _read_number(model: LoadedModel, metrics, data: bytes) -> Response:
+    """/predict/number's work after the body is read (in a compute slot)."""
+    with metrics.stage("preprocess"):
         digits = imaging.to_mnist_digits(data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
                                          max_digits=MAX_NUMBER_DIGITS)
     images = np.stack([image for image, _box in digits])
     with metrics.stage("inference"):
-        probabilities = model.predict(images)
+        probabilities = predict_images(model, images)
     with metrics.stage("encode"):
         debug = _debug_requested()
         entries = []
@@ -201,7 +231,7 @@ def predict_batch():
     probabilities = iter(())
     if images:
         with metrics.stage("inference"):
-            probabilities = iter(model.predict(np.stack(images)))
+            probabilities = iter(predict_images(model, np.stack(images)))
     with metrics.stage("encode"):
         entries = [e or _prediction(next(probabilities), model) for e in entries]
         response = jsonify({"predictions": entries})

@@ -52,8 +52,8 @@ class LoadedModel:
     """A model file loaded for serving.
 
     ``predict`` is safe to call from many threads at once: the forward pass only reads the
-    parameters, and ``no_grad()`` is thread-local, so no lock is needed (a lock would serialise
-    gthread workers for nothing).
+    parameters, and ``no_grad()`` is thread-local. The routes still run one forward pass at a
+    time per worker (``server.api.compute_slot``), for speed: threads trading the GIL cost more.
     """
 
     def __init__(self, path: str | Path):

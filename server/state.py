@@ -16,12 +16,14 @@ from server.metrics import Metrics
 from server.model import LoadedModel
 
 EXTENSION = "digitgrad"
-#: Uploads one worker process decodes at once. gunicorn gives each worker many threads so that
-#: slow clients only wait (gunicorn.conf.py); decoding is what costs CPU and memory (up to the
-#: pixel limit's worth per image), so it gets a few slots, not one per thread: 4 was the
-#: thread count before, so the work per worker is bounded as it was.
-COMPUTE_SLOTS = 4
-
+#: Uploads decoded or forward passes run at once in one worker process. One: the GIL runs one
+#: thread's Python at a time anyway, and every numpy call that releases it hands it to another
+#: runnable thread. Measured (8 threads predicting a 28x28 digit with the CNN): 23 context
+#: switches and 300 us of system time per forward pass, CPU per prediction 2.2x that of one
+#: thread; with one thread computing at a time, the same as one thread. It also bounds memory:
+#: one image decoded per worker (up to the pixel limit's worth). Threads stay many, so slow
+#: clients only wait (gunicorn.conf.py); run one worker per core for parallelism.
+COMPUTE_SLOTS = 1
 
 @dataclass
 class Serving:
@@ -32,7 +34,7 @@ class Serving:
     #: The last refused reload ({"file": ..., "error": ...}), reported by /readyz; None after
     #: a successful one.
     reload_error: dict | None = None
-    #: Held while an upload is decoded (``server.api.compute_slot``): COMPUTE_SLOTS at once.
+    #: Held while an upload is decoded or a forward pass runs (``server.api.compute_slot``).
     compute_slots: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(COMPUTE_SLOTS))
 

@@ -23,7 +23,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from server import imaging
-from server.api import check_streamed_body, upload_to_mnist
+from server.api import check_streamed_body, predict_images, upload_to_mnist
 from server.errors import ApiError
 from server.model import LoadedModel
 from server.state import get_serving
@@ -201,7 +201,7 @@ def infer(name: str, version: str | None = None):
     with metrics.stage("preprocess"):
         images = _pixels(data) if spec is PIXELS else _images(data)
     with metrics.stage("inference"):
-        probabilities = model.predict(images)
+        probabilities = predict_images(model, images)
     with metrics.stage("encode"):
         digits = probabilities.argmax(axis=1)
         for digit in digits:

@@ -376,3 +376,37 @@ def test_bad_limit_is_a_startup_error(tiny_model_path, monkeypatch, value):
     monkeypatch.setenv("MAX_UPLOAD_BYTES", value)
     with pytest.raises(StartupError, match="MAX_UPLOAD_BYTES must be a positive integer"):
         create_app({"MODEL_PATH": str(tiny_model_path)})
+
+
+def test_one_prediction_computes_at_a_time_per_worker(app, client, monkeypatch):
+    """Concurrent /predict requests take turns in the worker's compute slot (threads trading
+    the GIL cost more than waiting), and a route holding it may call helpers that take it."""
+    model = get_serving(app).model
+    real_predict, inside, overlaps = model.predict, [], []
+    lock = threading.Lock()
+
+    def predict(images):
+        with lock:
+            inside.append(1)
+            overlaps.append(len(inside))
+        try:
+            return real_predict(images)
+        finally:
+            with lock:
+                inside.pop()
+
+    monkeypatch.setattr(model, "predict", predict)
+    png = digit_png()
+    statuses = []
+
+    def post():
+        with app.test_client() as c:
+            statuses.append(c.post("/predict", data=png, content_type="image/png").status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 8
+    assert max(overlaps) == 1

@@ -43,14 +43,21 @@ def pair(v):
 
 
 # (N, C, H, W), (F, kh, kw), stride, padding: strides 1-3, paddings 0-2, odd sizes, non-square
-# kernels, batch 1, one and several channels, (h, w) pairs
+# kernels, batch 1, one and several channels, (h, w) pairs; one image at stride 1 takes
+# Conv2d.infer's whole-row im2col (the served CNN's two layers are the first two cases)
 CONV_CASES = [
+    ((1, 1, 28, 28), (8, 5, 5), 1, 2),
+    ((1, 8, 14, 14), (16, 5, 5), 1, 0),
     ((2, 3, 7, 6), (4, 3, 2), 1, 0),
+    ((1, 3, 7, 6), (4, 3, 2), 1, (2, 1)),
     ((1, 1, 5, 5), (2, 3, 3), 2, 1),
     ((2, 2, 8, 9), (3, 2, 3), 3, 2),
     ((3, 2, 6, 6), (2, 1, 1), 1, 0),
+    ((1, 2, 5, 3), (2, 1, 1), 1, 0),
+    ((1, 1, 6, 6), (2, 2, 2), 1, 3),  # more padding than kernel
     ((1, 3, 9, 7), (2, 3, 3), (2, 1), (0, 2)),
     ((2, 1, 4, 4), (1, 4, 4), 1, 0),  # the kernel covers the whole image
+    ((1, 2, 4, 4), (3, 4, 4), 1, 0),
     ((1, 2, 3, 5), (3, 5, 2), (1, 3), (1, 0)),
 ]
 
@@ -61,9 +68,14 @@ def test_conv2d_matches_the_definition_and_finite_differences(x_shape, w_shape, 
     x = rng.standard_normal(x_shape)
     W = rng.standard_normal((f, x_shape[1], kh, kw))  # noqa: N806
     b = rng.standard_normal(f)
-    out = Conv2d()(x, W, b, stride=stride, padding=padding).value
-    np.testing.assert_allclose(out, reference_conv(x, W, b, pair(stride), pair(padding)),
+    expected = reference_conv(x, W, b, pair(stride), pair(padding))
+    out = Conv2d()(x, W, b, stride=stride, padding=padding).value  # constants: Conv2d.infer
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Conv2d.forward(x, W, b, stride, padding)[0], expected,
                                rtol=1e-10, atol=1e-12)
+    out32 = Conv2d()(*(a.astype(np.float32) for a in (x, W, b)), stride, padding).value
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, expected, rtol=1e-5, atol=1e-5)
     gradcheck(lambda x, W, b: Conv2d()(x, W, b, stride=stride, padding=padding),  # noqa: N803
               [x, W, b], name=f"Conv2d stride={stride} padding={padding}")
 
@@ -173,6 +185,24 @@ def test_maxpool_matches_the_definition_and_finite_differences(shape, kernel, st
               name=f"MaxPool2d kernel={kernel} stride={stride}")
 
 
+@pytest.mark.parametrize("block", [0, 1 << 30], ids=["views per offset", "separable"])
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((2, 3, 8, 6), 2, None), ((1, 1, 7, 9), 2, None), ((2, 2, 7, 8), 3, 1), ((1, 2, 9, 7), 2, 3),
+    ((1, 2, 6, 7), (2, 3), (1, 2)), ((1, 2, 6, 7), (3, 1), (2, 2)), ((1, 1, 4, 5), 1, None),
+])
+def test_maxpool_orders_give_the_same_maxima_and_memory_order(monkeypatch, block, shape, kernel,
+                                                               stride):
+    # large arrays reduce one view per kernel offset, small ones rows then columns
+    monkeypatch.setattr(autodiff.conv, "BLOCK", block)
+    x = rng.standard_normal(shape[1:] + shape[:1]).transpose(3, 0, 1, 2)  # as a Conv2d gives it
+    out = MaxPool2d()(x, kernel, stride).value
+    k = pair(kernel)
+    np.testing.assert_array_equal(out, reference_pool(x, k, k if stride is None else pair(stride)))
+    assert out.base is None or out.base.size == out.size  # a compact new array, not a view of x
+    assert shape[0] == 1 or np.argsort(out.strides)[0] == 0  # the batch stays innermost
+    gradcheck(lambda x: MaxPool2d()(x, kernel, stride), [x], name=f"MaxPool2d block={block}")
+
+
 @settings(max_examples=25, deadline=None)
 @given(h=st.integers(1, 8), w=st.integers(1, 8), kh=st.integers(1, 3), kw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 3), seed=st.integers(0, 2**16))
@@ -237,6 +267,42 @@ def test_convnetwork_takes_flat_rows_and_images():
     assert flat.shape == (4, 10) and flat.dtype == np.float32
     with pytest.raises(ValueError, match=r"expects images \(N, 1, 28, 28\) or flat rows"):
         model(np.zeros((4, 28, 27)))
+
+
+# ConvNetwork configs: the trainer's default, padded both layers, 3x3, a pool that drops rows,
+# no pooling, even kernels on several input channels, 1x1 kernels, three layers
+NETWORK_CONFIGS = [
+    {},
+    {"channels": (16, 32), "kernel_sizes": (5, 5), "paddings": (2, 2), "hidden_dims": (128,)},
+    {"channels": (4, 6), "kernel_sizes": (3, 3), "paddings": (1, 1), "hidden_dims": (16,)},
+    {"channels": (3,), "kernel_sizes": (3,), "paddings": (0,), "pool": 3, "hidden_dims": (8,)},
+    {"image_size": 10, "channels": (2, 3), "kernel_sizes": (3, 3), "paddings": (0, 1), "pool": 1,
+     "hidden_dims": ()},
+    {"in_channels": 3, "image_size": 12, "channels": (4,), "kernel_sizes": (4,), "paddings": (1,),
+     "hidden_dims": (6, 5)},
+    {"image_size": 9, "channels": (2,), "kernel_sizes": (1,), "paddings": (0,)},
+    {"image_size": 16, "channels": (2, 3, 4), "kernel_sizes": (3, 3, 2), "paddings": (1, 1, 0),
+     "pool": 2, "hidden_dims": (7,)},
+]
+
+
+@pytest.mark.parametrize("config", NETWORK_CONFIGS)
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_convnetwork_without_gradients_matches_the_recorded_forward(config, batch):
+    # no_grad() runs each op's infer (one image: whole-row convolutions; small arrays: separable
+    # pooling); with gradients the same module records the graph
+    model = ConvNetwork(**{"channels": (8, 16), **config}, rng=np.random.default_rng(batch))
+    size = model.in_channels * model.image_size**2
+    x = rng.standard_normal((batch, size)).astype(np.float32)
+    recorded = model(x)
+    with no_grad():
+        inferred = model(x)
+    assert not inferred.require_grad and inferred.saved is None and inferred.dtype == np.float32
+    np.testing.assert_allclose(inferred.value, recorded.value, rtol=1e-5, atol=1e-5)
+    assert recorded.require_grad  # and gradients still reach every parameter
+    cross_entropy()(recorded, np.arange(batch) % model.dim_output).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, name
 
 
 def test_convnetwork_without_pooling_or_hidden_layers():

@@ -256,8 +256,9 @@ def test_pipeline_work_is_bounded_whatever_the_picture(meter, width, height, sha
     stroke = pipeline.STROKE_SIZE + 2 * (pipeline.STROKE_SIZE // 2)
     assert meter.pixels["ink map"] <= decode.WORK_SIZE**2
     assert meter.pixels["morphology"] <= 2 * (pipeline.STROKE_SIZE // 2) * stroke**2
-    # per read: the coarse map, the paper map, and the thinning's checks on the stroke map
-    assert meter.pixels["labelled"] <= 2 * (pipeline.COARSE_SIZE**2 + 64**2 + (
+    # per read: the coarse map and the paper map at half and full resolution (at most 80 a
+    # side at half), and the thinning's checks on the stroke map
+    assert meter.pixels["labelled"] <= 2 * (pipeline.COARSE_SIZE**2 + 64**2 + 2 * 80**2 + (
         pipeline.STROKE_SIZE // 2 + 1) * pipeline.STROKE_SIZE**2)
 
 

@@ -357,10 +357,14 @@ def test_hard_corpus_of_mnist_digits_is_never_refused(mnist_dir):
 
 def test_specks_are_ignored(reference):
     image = draw_digit((300, 240), (100, 50, 200, 200), width=16)
+    clean = to_mnist(encode(image))
     draw = ImageDraw.Draw(image)
     for x, y in [(10, 10), (280, 20), (20, 220), (270, 225), (150, 15), (260, 120)]:
         draw.ellipse((x, y, x + 3, y + 3), fill=20)  # dust and dots of ink
-    assert_close(to_mnist(encode(image)), reference, 0.03, "digit with specks")
+    specks = to_mnist(encode(image))
+    assert_close(specks, clean, 0.005, "digit with specks, against the same digit without")
+    # the same 7 drawn smaller is close too (found at half resolution both, at other scales)
+    assert_close(specks, reference, 0.04, "digit with specks")
 
 
 def test_salt_and_pepper_noise_is_ignored(reference):

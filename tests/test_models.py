@@ -154,6 +154,24 @@ def test_deep_network_with_nll_passes_gradcheck(tanh):
     gradcheck(loss, [p.value.copy() for _, p in named], name=f"DeepNetwork(tanh={tanh}) + nll")
 
 
+@pytest.mark.parametrize("make", [
+    lambda: DeepNetwork(784, 10, 100, 2, rng=np.random.default_rng(0)),
+    lambda: DeepNetwork(20, 5, 8, 3, tanh=True, rng=np.random.default_rng(1)),
+    lambda: LinearNetwork(784, 10, rng=np.random.default_rng(2)),
+], ids=["mlp", "tanh", "linear"])
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_networks_without_gradients_match_the_recorded_forward(make, batch):
+    model = make()
+    x = np.random.default_rng(batch).standard_normal((batch, model.dim_input)).astype(np.float32)
+    recorded = model(x)
+    with no_grad():
+        inferred = model(x)
+    assert not inferred.require_grad and inferred.saved is None
+    np.testing.assert_allclose(inferred.value, recorded.value, rtol=1e-5, atol=1e-5)
+    cross_entropy()(recorded, np.arange(batch) % model.dim_output).backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
 def test_deep_network_stays_float32():
     model = DeepNetwork(6, 3, 4, 2)
     out = model(np.ones((2, 6)))  # float64 data is cast to the parameters' dtype

@@ -140,6 +140,51 @@ def test_no_grad_records_nothing():
         y.backward()
 
 
+class InferCounting(CountingTwice):
+    """y = 2x, with an infer that counts its calls."""
+
+    inferred = 0
+
+    @staticmethod
+    def infer(x):
+        InferCounting.inferred += 1
+        return 2 * x
+
+
+def test_infer_runs_where_no_gradient_can_flow_and_forward_where_one_can():
+    InferCounting.inferred = 0
+    p = Parameter(np.ones(2))
+    recorded = InferCounting()(p)
+    assert InferCounting.inferred == 0 and recorded.func is not None
+    constant = InferCounting()(ComputationGraphNode(np.ones(2)))  # grad on, nothing to reach
+    with no_grad():
+        inside = InferCounting()(p)
+    assert InferCounting.inferred == 2
+    for node in (constant, inside):
+        assert not node.require_grad and node.func is None and node.saved is None
+        np.testing.assert_array_equal(node.value, [2.0, 2.0])
+    recorded.sum().backward()  # and the recorded one still differentiates
+    np.testing.assert_array_equal(p.grad, [2.0, 2.0])
+
+
+def test_infer_defaults_to_forward_without_its_saved_values():
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(CountingTwice.infer(x), CountingTwice.forward(x)[0])
+    np.testing.assert_array_equal(TanH.infer(x), np.tanh(x))
+
+
+def test_no_grad_nests_and_restores_after_an_error():
+    with no_grad():
+        with no_grad():
+            assert not is_grad_enabled()
+        assert not is_grad_enabled()
+    assert is_grad_enabled()
+    with pytest.raises(KeyError):
+        with no_grad():
+            raise KeyError("inside")
+    assert is_grad_enabled()
+
+
 def test_no_grad_is_per_thread():
     inside = threading.Event()
     release = threading.Event()

@@ -20,7 +20,7 @@ from autodiff import (
     log_softmax,
     nll,
 )
-from autodiff.gradcheck import gradcheck
+from autodiff.gradcheck import gradcheck, numerical_gradient
 from autodiff.ops import unbroadcast
 
 rng = np.random.default_rng(1234)
@@ -131,6 +131,13 @@ def test_gradcheck_failure_names_op_input_and_element():
     message = str(info.value)
     assert "WrongSquare" in message and "input 0" in message and "element (0,)" in message
     assert "expected" in message and "got" in message
+
+
+def test_numerical_gradient_perturbs_arrays_in_any_memory_order():
+    x = np.arange(6.0).reshape(2, 3).T  # a transposed view: a flat reshape would be a copy
+    grad = numerical_gradient(lambda: float((x * x).sum()), x)
+    np.testing.assert_allclose(grad, 2 * x, atol=1e-6)
+    np.testing.assert_array_equal(x, np.arange(6.0).reshape(2, 3).T)  # restored
 
 
 @given(

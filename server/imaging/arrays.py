@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["block_max", "border_index", "box3", "components", "dilate", "label", "median",
+__all__ = ["block_max", "border_index", "box3", "components", "dilate", "halve", "label", "median",
            "morph", "morph_step", "paint", "percentile", "runs", "stroke_width"]
 
 
@@ -31,14 +31,29 @@ def block_max(array: np.ndarray, factor: int) -> np.ndarray:
     return cols
 
 
+def halve(array: np.ndarray) -> np.ndarray:
+    """Mean of 2x2 blocks (a partial block at an odd edge: the mean of what is there, as
+    Pillow's reduce does)."""
+    h, w = array.shape
+    if h % 2 or w % 2:  # repeat the last row or column: its half blocks then average right
+        array = np.pad(array, ((0, h % 2), (0, w % 2)), mode="edge")
+    pairs = (array[0::2] + array[1::2]).reshape(-1)  # rows added: pairs along each row
+    out = pairs[0::2] + pairs[1::2]
+    out *= np.float32(0.25)
+    return out.reshape(-(-h // 2), -(-w // 2))
+
+
 def median(values: np.ndarray) -> float:
     """np.median of a 1-D array, without its generic-axis overhead (this runs per upload)."""
     n = values.size
     k = n // 2
+    part = values.copy()
+    part.partition(k)
     if n % 2:
-        return float(np.partition(values, k)[k])
-    part = np.partition(values, (k - 1, k))
-    return (float(part[k - 1]) + float(part[k])) / 2
+        return float(part[k])
+    # the other middle value is the largest below k: numpy partitions around one index several
+    # times faster than around two (a SIMD select)
+    return (float(part[:k].max()) + float(part[k])) / 2
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -49,8 +64,9 @@ def percentile(values: np.ndarray, q: float) -> float:
     if virtual >= n - 1:
         return float(values.max())
     low = max(int(np.floor(virtual)), 0)
-    part = np.partition(values, (low, low + 1))
-    a, b, t = part[low], part[low + 1], virtual - low
+    part = values.copy()
+    part.partition(low + 1)  # one index, as in median(); part[low] is the largest below it
+    a, b, t = part[:low + 1].max(), part[low + 1], virtual - low
     return float(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))
 
 
@@ -80,16 +96,24 @@ def pad_edge(array: np.ndarray) -> np.ndarray:
 
 
 def box3(array: np.ndarray) -> np.ndarray:
-    """3x3 mean filter (edges replicated), as a row pass then a column pass."""
+    """3x3 mean filter (edges replicated), as a row pass then a column pass.
+
+    Both passes run on the padded image as one flat line (a row's neighbours are 1 apart, a
+    column's w + 2): numpy's contiguous loops are several times faster than its loops over
+    2-D views. What wraps around from one row to the next lands in the padding, dropped. Two
+    allocations, each pass writing over what the previous one no longer needs.
+    """
     h, w = array.shape
-    p = pad_edge(array)
-    rows = p[:, :-2] + p[:, 1:-1]
-    rows += p[:, 2:]
-    # the result goes into the padded copy, no longer needed: one big allocation fewer
-    out = np.add(rows[:-2], rows[1:-1], out=p[:h, :w])
-    out += rows[2:]
-    out /= np.float32(9)
-    return out
+    stride = w + 2
+    flat = pad_edge(array).reshape(-1)
+    rows = flat[:-2] + flat[1:-1]
+    rows += flat[2:]  # rows[k] sums flat[k:k + 3]: the row pass centred on flat index k + 1
+    cols = np.add(rows[:-2 * stride], rows[stride:-stride], out=flat[:-2 * stride - 2])
+    cols += rows[2 * stride:]  # cols[k] sums rows[k], rows[k + stride], rows[k + 2 * stride]
+    # cols[k] is centred on flat index k + stride + 1: pixel (y, x) is k = y * stride + x,
+    # a row of ``stride`` in flat (whose first h * stride - 2 values are cols) cut to w
+    out = rows[:h * w].reshape(h, w)
+    return np.divide(flat[:h * stride].reshape(h, stride)[:, :w], np.float32(9), out=out)
 
 
 def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,37 +122,66 @@ def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, w = mask.shape
     flat = np.zeros(h * (w + 1) + 1, dtype=bool)  # a leading False, then the padded rows
     flat[1:].reshape(h, w + 1)[:, :w] = mask
-    changes = np.flatnonzero(flat[1:] != flat[:-1])  # starts and ends alternate
+    changes = (flat[1:] != flat[:-1]).nonzero()[0]  # starts and ends alternate
     return changes[0::2], changes[1::2]
 
 
 def components(starts: np.ndarray, ends: np.ndarray, stride: int) -> tuple[np.ndarray, int]:
     """8-connected component of each run (0..n-1 in row-major order of appearance), and n.
 
-    The touching pairs are found with numpy: run j touches the runs i of the row above with
-    s_i <= e_j and s_j <= e_i (exclusive ends make that include diagonal contact), a
-    contiguous range in the sorted runs, and one row up is ``stride`` back in flat indices.
-    Only the union-find over those pairs runs in Python: callers label maps of at most
-    128x128, a few thousand runs.
+    Run j touches the runs i of the row above with s_i <= e_j and s_j <= e_i (exclusive ends
+    make that include diagonal contact), a contiguous range in the sorted runs, and one row up
+    is ``stride`` back in flat indices. The union-find over the touching pairs is Python:
+    callers label maps of at most 128x128, a few thousand runs. With few runs (a digit on a
+    small map) the pairs are found in Python too, walking the runs with two cursors: numpy's
+    calls would cost more than they save.
     """
-    lo = np.searchsorted(ends, starts - stride, side="left")
-    counts = np.maximum(np.searchsorted(starts, ends - stride, side="right") - lo, 0)
-    below = np.repeat(np.arange(starts.size), counts)
-    offsets = np.arange(below.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    above = np.repeat(lo, counts) + offsets
+    if starts.size > _FEW_RUNS:
+        lo = np.searchsorted(ends, starts - stride, side="left")
+        counts = np.maximum(np.searchsorted(starts, ends - stride, side="right") - lo, 0)
+        below = np.repeat(np.arange(starts.size), counts)
+        offsets = np.arange(below.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        pairs = zip((np.repeat(lo, counts) + offsets).tolist(), below.tolist())
+    else:
+        pairs = _touching(starts.tolist(), ends.tolist(), stride)
     parent = list(range(starts.size))
-    for i, j in zip(above.tolist(), below.tolist()):
+    for i, j in pairs:
         while parent[i] != i:
             parent[i] = i = parent[parent[i]]
         while parent[j] != j:
             parent[j] = j = parent[parent[j]]
-        if i != j:  # the smaller index stays the root: roots are first appearances
-            parent[max(i, j)] = min(i, j)
-    for k in range(len(parent)):  # parents have smaller indices: one pass reaches the roots
-        parent[k] = parent[parent[k]]
-    roots = np.array(parent, dtype=np.intp)
-    is_root = roots == np.arange(roots.size)
-    return (np.cumsum(is_root) - 1)[roots], int(np.count_nonzero(is_root))
+        if i < j:  # the smaller index stays the root: roots are first appearances
+            parent[j] = i
+        elif j < i:
+            parent[i] = j
+    ids, n = parent, 0  # parents have smaller indices: one pass in order reaches the roots
+    for k, up in enumerate(parent):
+        if up == k:
+            ids[k], n = n, n + 1
+        else:
+            ids[k] = ids[up]  # already relabelled: up < k
+    return np.array(ids, dtype=np.intp), n
+
+
+# Up to this many runs, components() pairs them in Python (~0.3 us a run, against ~15 us of
+# numpy calls; on a 128x128 map of thousands of runs numpy is faster).
+_FEW_RUNS = 200
+
+
+def _touching(starts: list[int], ends: list[int], stride: int) -> list[tuple[int, int]]:
+    """The pairs (i above, j) of touching runs, walking the sorted runs with two cursors."""
+    pairs = []
+    lo = 0
+    for j, (start, end) in enumerate(zip(starts, ends)):
+        reach = start - stride
+        while ends[lo] < reach:  # ends are sorted too; lo <= j since ends[j] > reach
+            lo += 1
+        limit = end - stride
+        i = lo
+        while i < j and starts[i] <= limit:
+            pairs.append((i, j))
+            i += 1
+    return pairs
 
 
 def paint(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,

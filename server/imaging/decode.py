@@ -4,12 +4,19 @@ Only the formats we accept are opened; the declared size and the container's own
 estimate (``limits``) are checked before any pixel is decoded; JPEGs decode straight to grey
 at a reduced scale, everything else is shrunk strip by strip before any colour conversion,
 so a worker never holds more than the decoded image plus one strip.
+
+Plain PNGs of at most WORK_SIZE a side and JPEGs without EXIF, XMP or ICC segments skip
+Image.open, whose Python walk of the container costs more than decoding a small image:
+their pixel data goes straight to Pillow's own decoders. ``decode_half`` decodes a
+single-scan JPEG straight at half the scale, for the pipeline's first look.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
@@ -53,6 +60,9 @@ def decode(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None,
         if data[offset:offset + len(magic)] == magic:
             raise UnsupportedFormat()
     limits.check_bytes(data)
+    simple = _decode_simple(data, max_pixels)
+    if simple is not None:
+        return simple
     try:
         im = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -72,14 +82,175 @@ def decode(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None,
         limits.check_opened(im, data)
         _draft(im)
         im.load()
-        im = _orient(im)
-        return (*_to_arrays(im), im.size)
+        im, turned = _orient(im)
+        return (*_to_arrays(im), (height, width) if turned else (width, height))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(max_pixels) from exc
     except Exception as exc:  # truncated or corrupt pixel data
         raise InvalidImage() from exc
+
+
+# The simple files read without Image.open (whose Python walk of the container costs more than
+# decoding a small image): Pillow's own pixel decoders, given the pixel data directly. Anything
+# else, or anything unusual in these, takes the general path, which handles or refuses it.
+# PNG colour types at 8 bits -> Pillow's mode (also the raw mode of the decoder).
+_PNG_MODES = {0: "L", 2: "RGB", 4: "LA", 6: "RGBA"}
+# Chunks a simple PNG may hold besides IHDR, IDAT and IEND, with the length Pillow's handler
+# needs: nothing that changes pixels, transparency or orientation (tRNS, PLTE, eXIf, text
+# with EXIF or XMP, animation) and nothing Pillow could refuse.
+_PNG_HARMLESS = {b"gAMA": 4, b"sRGB": 1, b"pHYs": 9}
+# JPEG frames libjpeg decodes like Pillow would here: baseline, extended, progressive Huffman.
+_JPEG_SIMPLE_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+
+
+def decode_half(data: bytes, max_pixels: int, smallest: int) -> np.ndarray | None:
+    """Grey levels in [0, 1] at half the size ``decode`` gives, for a single-scan JPEG that
+    libjpeg can decode straight at that scale (cheaper than decoding at the full one and
+    halving), at least ``smallest`` on its long side; None for anything else (``decode``
+    then reads it). Limits as in ``decode``.
+
+    Single scan only: its blocks are decoded once, so decoding it again at the full scale
+    when the half one is not enough costs little more; a progressive file may take the
+    whole work budget, which must be spent once at most.
+    """
+    if not isinstance(data, bytes) or not data.startswith(b"\xff\xd8\xff"):
+        return None
+    if limits.check_jpeg(data)[1]:  # a coefficient buffer: more than one scan
+        return None
+    size = _simple_jpeg(data)
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if size is None or size[0] * size[1] > limit:
+        return None
+    scale = _jpeg_scale(size)
+    full = (-(-size[0] // scale), -(-size[1] // scale))
+    scale *= 2 * -(-max(full) // WORK_SIZE)  # the reduction _to_arrays adds, then halving
+    half = (-(-size[0] // scale), -(-size[1] // scale))
+    if scale not in (2, 4, 8) or max(half) < smallest:  # libjpeg's scales are 1/2, 1/4, 1/8
+        return None
+    try:
+        im = Image.frombytes("L", half, data, "jpeg", ("L", "", scale, 0))
+    except Exception:  # truncated or corrupt: decode says which error it is
+        return None
+    return np.divide(_pixels(im), np.float32(255))
+
+
+def _decode_simple(data: bytes, max_pixels: int):
+    """``decode``'s result for a plain PNG of at most WORK_SIZE a side or a JPEG without EXIF,
+    XMP or ICC segments; None for anything else, which the general path then reads."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        found = _simple_png(data)
+        if found is None:
+            return None
+        mode, size, pixels = found
+        if size[0] * size[1] > max_pixels or max(size) > WORK_SIZE:
+            return None
+        decoded, codec, args = size, "zip", (mode,)
+    elif data.startswith(b"\xff\xd8\xff"):
+        size = _simple_jpeg(data)
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)  # past Pillow's: refused
+        if size is None or size[0] * size[1] > limit:
+            return None
+        scale = _jpeg_scale(size)  # what _draft makes libjpeg do: straight to grey, reduced
+        mode, pixels, codec, args = "L", data, "jpeg", ("L", "", scale, 0)
+        decoded = (-(-size[0] // scale), -(-size[1] // scale))
+    else:
+        return None
+    try:
+        im = Image.frombytes(mode, decoded, pixels, codec, args)
+    except Exception:  # truncated or corrupt: the general path says which error it is
+        return None
+    if mode == "L" and max(decoded) <= WORK_SIZE:  # _to_arrays' conversion, and nothing else
+        return np.divide(_pixels(im), np.float32(255)), None, size
+    return (*_to_arrays(im), size)
+
+
+def _simple_png(data: bytes) -> tuple[str, tuple[int, int], bytes] | None:
+    """(mode, size, the concatenated IDAT data) of an 8-bit, non-interlaced, non-palette PNG
+    with only harmless chunks and intact chunk checksums before its pixels; else None."""
+    n = len(data)
+    if n < 33 or data[12:16] != b"IHDR" or data[8:12] != b"\x00\x00\x00\x0d":
+        return None
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(
+        ">IIBBBBB", data[16:29])
+    mode = _PNG_MODES.get(colour)
+    if mode is None or depth != 8 or compression or filtering or interlace:
+        return None
+    if width == 0 or height == 0:
+        return None
+    pos, pixels, after_pixels = 33, [], False
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > n:
+            return None
+        if kind == b"IDAT":
+            if after_pixels:
+                return None  # a second run of IDAT chunks
+            pixels.append(data[pos + 8:end - 4])
+        elif kind == b"IEND":
+            return (mode, (width, height), b"".join(pixels)) if pixels else None
+        elif _PNG_HARMLESS.get(kind) != length or zlib.crc32(data[pos + 4:end - 4]) != (
+                int.from_bytes(data[end - 4:end], "big")):
+            return None
+        else:
+            after_pixels = bool(pixels)
+        pos = end
+    return None
+
+
+def _simple_jpeg(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) of an 8-bit grey or YCbCr JPEG whose segments before its first
+    scan are only tables, a comment, JFIF and Adobe headers: no EXIF, XMP, ICC profile or
+    multi-picture index (orientation could hide in them), nothing Pillow would refuse."""
+    n, pos, size = len(data), 2, None
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        segment = data[pos + 4:pos + 2 + length]
+        if len(segment) != length - 2:
+            return None
+        if marker == 0xDA:
+            return size
+        if marker in _JPEG_SIMPLE_FRAMES:
+            if size is not None or length < 8:
+                return None
+            precision, height, width, components = struct.unpack(">BHHB", segment[:6])
+            if (precision != 8 or components not in (1, 3) or not width or not height
+                    or len(segment) < 6 + 3 * components):
+                return None
+            size = (width, height)
+        elif marker == 0xDB:  # Pillow refuses a table cut short
+            while segment:
+                table = 1 + (64 if segment[0] < 16 else 128)
+                if len(segment) < table:
+                    return None
+                segment = segment[table:]
+        elif marker == 0xE0:
+            if segment.startswith(b"JFIF") and len(segment) < 7:
+                return None
+        elif marker == 0xEE:
+            if segment.startswith(b"Adobe") and len(segment) < 7:
+                return None
+        elif marker not in (0xC4, 0xDD, 0xFE):  # Huffman tables, restart interval, comment
+            return None
+        pos += 2 + length
+    return None
+
+
+def _jpeg_scale(size: tuple[int, int]) -> int:
+    """The scale libjpeg decodes at after ``_draft``: what Pillow's JPEG draft picks."""
+    factor = -(-max(size) // WORK_SIZE)
+    if factor == 1:
+        return 1
+    scale = min(size[0] // -(-size[0] // factor), size[1] // -(-size[1] // factor))
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
 
 
 def _unidentified(data: bytes) -> ImageError:
@@ -105,15 +276,16 @@ def _draft(im: Image.Image) -> None:
         im.draft("L", (-(-im.size[0] // factor), -(-im.size[1] // factor)) if factor > 1 else None)
 
 
-def _orient(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag; a damaged EXIF block is ignored, not an error."""
+def _orient(im: Image.Image) -> tuple[Image.Image, bool]:
+    """Apply the EXIF orientation tag (a damaged EXIF block is ignored, not an error); and
+    whether that swapped width and height."""
     try:
         orientation = im.getexif().get(0x0112, 1)
     except Exception:
-        return im
+        return im, False
     if orientation in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(im)
-    return im
+        return ImageOps.exif_transpose(im), orientation >= 5
+    return im, False
 
 
 def _shrink(im: Image.Image, factor: int, convert) -> Image.Image:
@@ -145,14 +317,19 @@ def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         alpha = None
         gray = _shrink(im, factor, lambda part: part if part.mode == "L" else
                        part.convert("L") if part.mode == "1" else part.convert("RGB").convert("L"))
-    gray_array = np.asarray(gray, dtype=np.float32)  # a converted copy: ours to scale
-    gray_array /= np.float32(255)
+    # uint8 / float32 in float32, as converting then dividing would do, in one pass
+    gray_array = np.divide(_pixels(gray), np.float32(255))
     if alpha is None:
         return gray_array, None
-    alpha_array = np.asarray(alpha, dtype=np.float32) / np.float32(255)
+    alpha_array = np.divide(_pixels(alpha), np.float32(255))
     if alpha_array.min() >= 0.99:  # opaque after all
         return gray_array, None
     return gray_array, alpha_array
+
+
+def _pixels(im: Image.Image) -> np.ndarray:
+    """An 8-bit single-band image as a uint8 array (np.asarray's array interface, leaner)."""
+    return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width)
 
 
 def _scale_deep(array: np.ndarray) -> np.ndarray:

@@ -120,8 +120,8 @@ def _component_blocks(sof: bytes) -> dict[int, int]:
     return {c[0]: mcus * max(c[1] >> 4, 1) * max(c[1] & 15, 1) for c in comps}
 
 
-def check_jpeg(data: bytes) -> None:
-    """Refuse JPEGs whose scans or coefficient buffer exceed the budget."""
+def check_jpeg(data: bytes) -> tuple[int, int]:
+    """Refuse JPEGs whose scans or coefficient buffer exceed the budget; else ``jpeg_work``."""
     visits, coefficient_bytes = jpeg_work(data)
     if visits > MAX_JPEG_BLOCK_VISITS:
         raise _too_much(f"{visits:,} block decodes over its scans, the limit is "
@@ -129,6 +129,7 @@ def check_jpeg(data: bytes) -> None:
     if coefficient_bytes > MAX_JPEG_COEFFICIENT_BYTES:
         raise _too_much(f"a progressive JPEG needing {coefficient_bytes // 2**20} MB, the "
                         f"limit is {MAX_JPEG_COEFFICIENT_BYTES // 2**20} MB")
+    return visits, coefficient_bytes
 
 
 def check_tiff(im: Image.Image, data: bytes) -> None:
