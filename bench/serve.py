@@ -14,7 +14,12 @@ and the ratios the upload issue set: small-PNG /predict throughput >= 0.60 of /h
 seconds apart), p99 < 50 ms at 16. A run whose connections all landed on one worker is
 repeated (see LOPSIDED): it measures where wrk's connections went, not the request.
 
-    python bench/serve.py [--model model.npz] [--concurrency 16] [--duration 8] [--rounds 3]
+``--floor`` adds a second gunicorn whose /predict skips decoding and the model
+(bench/floor_gunicorn.conf.py): its ratio to /healthz is the most the first ratio can reach
+on this stack, whatever the pipeline and the model cost.
+
+    python bench/serve.py [--model model.npz] [--floor] [--concurrency 16] [--duration 8]
+                          [--rounds 3]
 """
 
 from __future__ import annotations
@@ -101,9 +106,9 @@ def free_port() -> int:
 
 
 def start_server(model: Path, port: int, workdir: Path, workers: int | None,
-                 config: Path = REPO / "gunicorn.conf.py"):
+                 config: Path = REPO / "gunicorn.conf.py", extra_env: dict | None = None):
     env = dict(os.environ, MODEL_PATH=str(model), BIND=f"127.0.0.1:{port}",
-               PROMETHEUS_MULTIPROC_DIR=str(workdir / "prometheus"))
+               PROMETHEUS_MULTIPROC_DIR=str(workdir / "prometheus"), **(extra_env or {}))
     if workers:
         env["WEB_CONCURRENCY"] = str(workers)
     log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed by the caller
@@ -224,6 +229,10 @@ def run_python(url: str, body: Path | None, content_type: str, concurrency: int,
             "p99": float(np.percentile(ms, 99))}
 
 
+COMPARE = "POST /predict PNG, compare"
+FLOOR = "POST /predict PNG, no work"
+FLOOR_CONFIG = REPO / "bench" / "floor_gunicorn.conf.py"
+
 #: A run in which one worker did more than this share of the work landed (nearly) all of the
 #: client's keep-alive connections on that worker: wrk opens them all at once, and whichever
 #: worker wakes first may accept every one, leaving the other core idle. Seen on /healthz in
@@ -285,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-model", type=Path,
                         help="a second model file served by its own gunicorn: its 28x28 PNG "
                              "/predict is measured in the same rounds (e.g. the CNN vs the MLP)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also serve the model with decoding and inference replaced by "
+                             "constants (bench/floor_gunicorn.conf.py) and measure its 28x28 PNG "
+                             "/predict: the highest /predict to /healthz ratio this stack allows")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
@@ -314,27 +327,33 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     jpeg.write_bytes(photo_jpeg())
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
-    cases = [("GET /healthz", "/healthz", None, ""),
-             ("POST /predict 28x28 PNG", "/predict", png, "image/png"),
-             ("POST /predict 400x300 JPEG", "/predict", jpeg, "image/jpeg")]
+    # (name, server, path, body, content type); server 0 is the one measured
+    cases = [("GET /healthz", 0, "/healthz", None, ""),
+             ("POST /predict 28x28 PNG", 0, "/predict", png, "image/png"),
+             ("POST /predict 400x300 JPEG", 0, "/predict", jpeg, "image/jpeg")]
     run = run_wrk if args.client == "wrk" else run_python
 
     load_before = os.getloadavg()[0]
     ports = [free_port()]
     servers = [start_server(model, ports[0], workdir, args.workers, args.config)]
+
+    def add_server(name: str, model: Path, config: Path, env: dict | None = None) -> None:
+        """Another gunicorn, its 28x28 PNG /predict measured in the same rounds as ``name``."""
+        directory = workdir / f"server{len(servers)}"
+        directory.mkdir()
+        ports.append(free_port())
+        servers.append(start_server(model, ports[-1], directory, args.workers, config, env))
+        cases.append((name, len(servers) - 1, "/predict", png, "image/png"))
+
     if args.compare_model is not None:
         print(f"compare model: {args.compare_model}")
-        compare_dir = workdir / "compare"
-        compare_dir.mkdir()
-        ports.append(free_port())
-        servers.append(start_server(args.compare_model, ports[1], compare_dir, args.workers,
-                                    args.config))
-        cases.append(("POST /predict PNG, compare", "/predict", png, "image/png"))
+        add_server(COMPARE, args.compare_model, args.config)
+    if args.floor:
+        add_server(FLOOR, model, FLOOR_CONFIG, {"BENCH_BASE_CONFIG": str(args.config)})
     results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
     try:
         for round_ in range(args.rounds + 1):  # round 0: warm-up, and each must answer 200
-            for name, path, body, content_type in cases:
-                index = 1 if name.endswith("compare") else 0
+            for name, index, path, body, content_type in cases:
                 url = f"http://127.0.0.1:{ports[index]}{path}"
                 if round_ == 0:
                     run(url, body, content_type, args.concurrency, 1, script)
@@ -368,10 +387,19 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
               f"{medians[bottom]['cpu_ms'] / medians[top]['cpu_ms']:.2f}")
     print(f"worst p99: {worst_p99:.1f} ms (target < 50 ms at 16 clients)")
     if args.compare_model is not None:
-        compare = medians[cases[3][0]]
+        compare = medians[COMPARE]
         print(f"28x28 PNG /predict, {model.name} / {args.compare_model.name} throughput: "
               f"{small['rps'] / compare['rps']:.2f}; by server CPU per request: "
               f"{compare['cpu_ms'] / small['cpu_ms']:.2f}")
+    if args.floor:
+        per_round = [f["rps"] / h["rps"] for f, h in zip(results[FLOOR], results[cases[0][0]])]
+        floor = medians[FLOOR]
+        print(f"ceiling of small-PNG /predict / /healthz on this stack (decoding and model free):"
+              f" {statistics.median(per_round):.2f} (rounds "
+              f"{', '.join(f'{r:.2f}' for r in per_round)}); by server CPU per request: "
+              f"{medians[cases[0][0]]['cpu_ms'] / floor['cpu_ms']:.2f}; decoding and the model "
+              f"cost {small['cpu_ms'] - floor['cpu_ms']:.3f} ms of the small PNG's "
+              f"{small['cpu_ms']:.3f}")
     return 0
 
 

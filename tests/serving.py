@@ -35,10 +35,11 @@ def gunicorn_env(model: Path, metrics_dir: Path | None = None, **extra: str | No
     return {k: v for k, v in env.items() if v is not None}
 
 
-def start_gunicorn(env: dict, log: Path) -> subprocess.Popen:
+def start_gunicorn(env: dict, log: Path,
+                   config: Path = REPO / "gunicorn.conf.py") -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
+            [sys.executable, "-m", "gunicorn", "--config", str(config),
              "server:create_app()"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )

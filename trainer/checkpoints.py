@@ -18,6 +18,8 @@ from trainer.loop import Session, TrainState
 #: What a checkpoint written before the config named these fields (format version 1) meant.
 _VERSION_1_CONFIG = {"dataset": "mnist", "arch": "mlp", "elastic": False, "blur": False,
                      "lowres": False}
+#: What a checkpoint written before the config named flag_ones meant: none were added.
+_BEFORE_FLAG_ONES = {"flag_ones": False}
 
 
 def save_checkpoint(path: Path, session: Session, extra: dict | None = None) -> None:
@@ -71,6 +73,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         values = dict(meta["config"])
         if meta["format_version"] == 1:
             values = {**_VERSION_1_CONFIG, **values}
+        values = {**_BEFORE_FLAG_ONES, **values}
         config = TrainConfig.from_dict(values)
         state = TrainState(**meta["state"])
     except (KeyError, TypeError) as exc:

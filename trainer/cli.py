@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
           action=argparse.BooleanOptionalAction)
     hyper(train, "--lowres", "with --augment: shrink some images to 8-16 px and enlarge them "
                              "back (low-resolution scans)", action=argparse.BooleanOptionalAction)
+    hyper(train, "--flag-ones", "draw a Helvetica-style flag (from the top of the stem, left "
+                                "and down) on half the upright training 1s, about 1,500 "
+                                "images, once before training, so that typed 1s are not read "
+                                "as 7s (default: on for mnist, never fashion-mnist)",
+          action=argparse.BooleanOptionalAction)
     hyper(train, "--patience", "stop after N epochs without a better validation accuracy "
                                "(0: never)", type=_non_negative_int, metavar="N")
     hyper(train, "--seed", "same seed and flags give identical parameter arrays",
@@ -204,6 +209,9 @@ def parse(argv: list[str]) -> Job:
         if arch != config.arch and wrong and not args["resume"]:
             raise UsageError(f"{', '.join(wrong)} only apply to --arch {arch}; add --arch {arch} "
                              f"or drop them")
+    if config.flag_ones and config.dataset != "mnist":
+        raise UsageError(f"--flag-ones draws flags on handwritten 1s; --dataset {config.dataset} "
+                         "has no digits: drop --flag-ones")
     if args["data_dir"] and args["data_file"]:
         raise UsageError("pass either --data-dir or --data-file, not both")
     if args["data_file"] and config.dataset != "mnist":

@@ -13,6 +13,7 @@ from trainer.checkpoints import Checkpoint, load_checkpoint
 from trainer.config import Job, TrainConfig, UsageError
 from trainer.data import DATASETS, MNIST, Split, load_mnist
 from trainer.factory import build_model, build_optimizer
+from trainer.flags import flag_ones
 from trainer.loop import Session, StopFlag, TrainingInterruptedError, evaluate, fit, prepare
 from trainer.report import (
     Progress,
@@ -116,6 +117,16 @@ def train(job: Job, stop: StopFlag) -> int:
     preprocessing = (checkpoint.meta["preprocessing"] if checkpoint is not None else
                      preprocessing_config(float(train_split.images.mean()),
                                           float(train_split.images.std())))
+    flagged = 0
+    if config.flag_ones:
+        # after the normalisation constants, which thus stay those of the images as they are
+        # (and the same with and without --flag-ones); in place: see trainer.flags
+        indices, images = flag_ones(train_split.images, train_split.labels, config.seed)
+        train_split = Split(train_split.images.copy(), train_split.labels)
+        train_split.images[indices] = images
+        flagged = len(indices)
+        progress.message(f"drew a flag on {flagged:,} of the {len(train_split):,} training images "
+                         "(upright 1s; --no-flag-ones leaves them as they are)")
     prepared = prepare(train_split, data.val, preprocessing, config.augment_config())
 
     try:
@@ -147,12 +158,12 @@ def train(job: Job, stop: StopFlag) -> int:
               f"resume with: {resume_command(job.argv)}", file=sys.stderr)
         return EXIT_FAILURE
 
-    export(session, data, preprocessing, len(train_split), job, progress)
+    export(session, data, preprocessing, len(train_split), flagged, job, progress)
     return EXIT_OK
 
 
-def export(session: Session, data: MNIST, preprocessing: dict, train_images: int, job: Job,
-           progress: Progress) -> None:
+def export(session: Session, data: MNIST, preprocessing: dict, train_images: int,
+           flagged_ones: int, job: Job, progress: Progress) -> None:
     """Test the best-validation parameters (the test set's only use) and write every output."""
     model, state, config, paths = session.model, session.state, session.config, job.paths
     model.load_state_dict(session.best)
@@ -167,7 +178,8 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
         "train_seconds": round(state.train_seconds, 3),
     }
     training = {**config.to_dict(), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
-                "stopped_early": state.stopped_early, "train_images": train_images}
+                "stopped_early": state.stopped_early, "train_images": train_images,
+                "flagged_ones": flagged_ones}
     metadata = {
         "preprocessing": preprocessing,
         "training": training,
