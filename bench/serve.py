@@ -312,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         return measure(args, Path(tmp))
 
 
+def round_ratios(results: dict[str, list[dict]], top: str, bottom: str) -> str:
+    """The median of each round's throughput ratio top / bottom, and the rounds' ratios: a
+    round's runs are seconds apart, so their ratio suffers least from other load."""
+    ratios = [t["rps"] / b["rps"] for t, b in zip(results[top], results[bottom])]
+    return (f"{statistics.median(ratios):.2f} (rounds "
+            f"{', '.join(f'{r:.2f}' for r in ratios)})")
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> int:
     """Start gunicorn, run the rounds, print the table; files go to ``workdir``."""
     model = args.model or (REPO / "model.npz")
@@ -338,7 +346,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     servers = [start_server(model, ports[0], workdir, args.workers, args.config)]
 
     def add_server(name: str, model: Path, config: Path, env: dict | None = None) -> None:
-        """Another gunicorn, its 28x28 PNG /predict measured in the same rounds as ``name``."""
+        """Another gunicorn, whose 28x28 PNG /predict is case ``name`` of the same rounds."""
         directory = workdir / f"server{len(servers)}"
         directory.mkdir()
         ports.append(free_port())
@@ -374,16 +382,14 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     medians = print_medians(results)
     repeated = sum(r["tries"] - 1 for rows in results.values() for r in rows)
     print(f"runs repeated because one worker got (nearly) all connections: {repeated}")
-    small = medians[cases[1][0]]
-    worst_p99 = max(m["p99"] for m in medians.values())
+    healthz, small = cases[0][0], medians[cases[1][0]]
+    worst_p99 = max(medians[name]["p99"] for name, index, *_ in cases if index == 0)
     for label, top, bottom, target in (
-            ("small-PNG /predict / /healthz", cases[1][0], cases[0][0], 0.6),
+            ("small-PNG /predict / /healthz", cases[1][0], healthz, 0.6),
             ("400x300 JPEG / small-PNG /predict", cases[2][0], cases[1][0], 0.5)):
-        # a round's runs are seconds apart, so their ratio suffers least from other load
-        per_round = [t["rps"] / b["rps"] for t, b in zip(results[top], results[bottom])]
-        print(f"{label} throughput: {statistics.median(per_round):.2f} (target >= {target:.2f};"
-              f" rounds {', '.join(f'{r:.2f}' for r in per_round)}; ratio of medians "
-              f"{medians[top]['rps'] / medians[bottom]['rps']:.2f}); by server CPU per request: "
+        print(f"{label} throughput: {round_ratios(results, top, bottom)} (target >= "
+              f"{target:.2f}; ratio of medians {medians[top]['rps'] / medians[bottom]['rps']:.2f}"
+              f"); by server CPU per request: "
               f"{medians[bottom]['cpu_ms'] / medians[top]['cpu_ms']:.2f}")
     print(f"worst p99: {worst_p99:.1f} ms (target < 50 ms at 16 clients)")
     if args.compare_model is not None:
@@ -392,12 +398,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
               f"{small['rps'] / compare['rps']:.2f}; by server CPU per request: "
               f"{compare['cpu_ms'] / small['cpu_ms']:.2f}")
     if args.floor:
-        per_round = [f["rps"] / h["rps"] for f, h in zip(results[FLOOR], results[cases[0][0]])]
         floor = medians[FLOOR]
         print(f"ceiling of small-PNG /predict / /healthz on this stack (decoding and model free):"
-              f" {statistics.median(per_round):.2f} (rounds "
-              f"{', '.join(f'{r:.2f}' for r in per_round)}); by server CPU per request: "
-              f"{medians[cases[0][0]]['cpu_ms'] / floor['cpu_ms']:.2f}; decoding and the model "
+              f" {round_ratios(results, FLOOR, healthz)}; by server CPU per request: "
+              f"{medians[healthz]['cpu_ms'] / floor['cpu_ms']:.2f}; decoding and the model "
               f"cost {small['cpu_ms'] - floor['cpu_ms']:.3f} ms of the small PNG's "
               f"{small['cpu_ms']:.3f}")
     return 0
