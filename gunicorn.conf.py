@@ -83,7 +83,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
 # 10 paired rounds of bench/serve.py's load (16 keep-alive clients, 2 workers), CPU per request
 # 0.88x on /healthz (8 rounds of 10 lower) and 0.93x on the 28x28 PNG /predict (6 of 10). With
 # 64 the pool grows to ~15 threads for 8 connections; why fewer cost less is not established.
-worker_class = "gthread"
+# gthread, except that a worker holding more connections than another leaves new ones to it
+# (server/worker.py): otherwise one worker can take a whole burst of keep-alive connections.
+worker_class = "server.worker.BalancedThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 # Seconds a client may leave a request body (or our response) without progress: a photo on a
 # slow mobile link still moves every few hundred milliseconds; a stalled one is dropped.

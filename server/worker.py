@@ -1,0 +1,80 @@
+"""gunicorn's threaded worker, taking new connections only while it holds no more than the others.
+
+All workers accept from one listening socket. Linux wakes every one of them for a new
+connection and the first to call accept() wins, so a burst of keep-alive connections (a client
+pool opening 16 at once) can all land on the worker that happened to be running: one core then
+serves every request while the other idles, for as long as the connections live.
+
+Here each worker publishes its open connections on a board in shared memory, and one that has
+more than another live worker leaves the connection to it for a moment (HOLD seconds). It still
+takes everything when it is the only one accepting (one worker; the others stopping, hung, or
+at their connection limit). One listening socket stays: a per-worker SO_REUSEPORT socket would
+spread connections by hash, but drops those queued on a worker that exits (reloads, restarts).
+Used by gunicorn.conf.py as ``worker_class``.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.sharedctypes import RawArray
+
+from gunicorn.workers.gthread import ThreadWorker
+
+#: Board entries; a worker writes the one at its age modulo SLOTS. Spawns are numbered in
+#: order, so two live workers share an entry only after SLOTS spawns within one's lifetime.
+SLOTS = 64
+#: Seconds a worker with more connections than another waits before taking one again.
+HOLD = 0.002
+#: An entry not refreshed for this long is a worker that is gone or stuck: it is not waited for.
+STALE = 2.0
+
+# (connections, monotonic time of writing, accepting 1/0) per slot; created when the master
+# imports this module, so every forked worker shares it.
+_BOARD = RawArray("d", 3 * SLOTS)
+
+
+class BalancedThreadWorker(ThreadWorker):
+    """gthread, accepting while no other live worker holds fewer connections (module doc)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slot = 3 * (self.age % SLOTS)
+        self._hold_until = 0.0
+
+    def notify(self) -> None:
+        """The heartbeat, once per turn of the event loop: also publish the connection count."""
+        super().notify()
+        self._publish()
+
+    def _publish(self) -> None:
+        accepting = self.alive and self.nr_conns < self.worker_connections
+        _BOARD[self._slot:self._slot + 3] = [self.nr_conns, time.monotonic(), float(accepting)]
+
+    def _fewest_elsewhere(self) -> float:
+        """The fewest connections of another live, accepting worker (inf when there is none)."""
+        now, fewest = time.monotonic(), float("inf")
+        for slot in range(0, 3 * SLOTS, 3):
+            if slot != self._slot and _BOARD[slot + 2] and now - _BOARD[slot + 1] < STALE:
+                fewest = min(fewest, _BOARD[slot])
+        return fewest
+
+    def accept(self, listener) -> None:
+        if self.nr_conns > self._fewest_elsewhere():
+            self._hold_until = time.monotonic() + HOLD
+            self.set_accept_enabled(False)  # the event loop asks again on its next turn
+            return
+        super().accept(listener)
+        self._publish()
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # During a hold the listener stays out of the poller: it is still readable (the
+        # connection waits for the other worker) and would wake this loop over and over.
+        if enabled and time.monotonic() < self._hold_until:
+            enabled = False
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        # ... and the loop comes back when the hold ends, to look at the board again (the
+        # other worker may have taken more connections meanwhile, or none).
+        hold = self._hold_until - time.monotonic()
+        super().wait_for_and_dispatch_events(min(timeout, hold) if hold > 0 else timeout)
