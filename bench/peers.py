@@ -484,8 +484,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 def report(cases: list[Case], servers: list[Server], results: dict, memory: dict) -> None:
     """The table (medians of rounds), each round's req/s and CPU spread, ratios, memory."""
-    print(f"\n| request | server | req/s | req/s range | worst round vs median | p50 ms | "
-          f"p99 ms | images/s | CPU ms/req | 503 share | admitted p99 ms |")
+    print("\n| request | server | req/s | req/s range | worst round vs median | p50 ms | "
+          "p99 ms | images/s | CPU ms/req | 503 share | admitted p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case in cases:
         for server in servers:
@@ -509,7 +509,7 @@ def report(cases: list[Case], servers: list[Server], results: dict, memory: dict
     for (case_name, server_name), rows in results.items():
         rounds = "; ".join(
             f"{r['rps']:.0f} ({'/'.join(f'{s:.0%}' for s in r['shares'][:3])}"
-            f"{', ' + str(int(r['socket_errors'])) + ' socket errors' if r['socket_errors'] else ''})"
+            + (f", {r['socket_errors']:.0f} socket errors" if r["socket_errors"] else "") + ")"
             for r in rows)
         print(f"  {case_name} | {server_name}: {rounds}")
     ours = servers[0].name

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from server import imaging
-from server.errors import ApiError, error_body, error_response
+from server.errors import ApiError, OverloadedError, error_body, error_response
 from server.model import LoadedModel
 from server.openapi import openapi_document
 from server.state import get_serving
@@ -37,16 +37,25 @@ def compute_slot():
 
     Re-entrant within a thread, so a route can hold one slot across its stages while the
     helpers it calls (``upload_to_mnist``, ``predict_images``) still take one when called alone.
+    When MAX_QUEUED_REQUESTS threads already wait for a slot, raises OverloadedError (503) at once:
+    a request shed now costs its client a retry, one queued behind a long line costs everyone
+    its wait.
     """
     if getattr(_holding, "slot", False):
         yield
         return
-    with get_serving().compute_slots:
-        _holding.slot = True
-        try:
-            yield
-        finally:
-            _holding.slot = False
+    serving = get_serving()
+    if not serving.admission.acquire(blocking=False):
+        raise OverloadedError()
+    try:
+        with serving.compute_slots:
+            _holding.slot = True
+            try:
+                yield
+            finally:
+                _holding.slot = False
+    finally:
+        serving.admission.release()
 
 
 def predict_images(model: LoadedModel, images: np.ndarray) -> np.ndarray:

@@ -25,6 +25,22 @@ class ApiError(Exception):
         self.code = code
 
 
+class OverloadedError(Exception):
+    """More requests wait for this worker's compute slot than MAX_QUEUED_REQUESTS allows.
+
+    Not an ApiError: routes that turn a file's ApiError into a per-file answer (a batch) must
+    let this one through, since the whole request is refused.
+    """
+
+    status = 503
+    code = "overloaded"
+    #: Seconds a client should wait before sending again (the Retry-After header).
+    retry_after = 1
+
+    def __init__(self):
+        super().__init__(f"The server is busy; send the request again in {self.retry_after} s.")
+
+
 # Codes and messages for the statuses werkzeug raises itself (routing, body size, ...).
 HTTP_ERRORS = {
     400: ("bad_request", "The request could not be understood."),
@@ -79,6 +95,14 @@ def handle_api_error(exc):
     """ApiError and imaging's ImageError: status (mapped from the code), code and message."""
     _count_rejection(exc.code)
     return error_response(status_of(exc), exc.code, str(exc))
+
+
+def handle_overloaded(exc: OverloadedError):
+    """Shed: 503 with Retry-After, counted as a rejection."""
+    get_serving().metrics.observe_rejection(exc.code)
+    response = error_response(exc.status, exc.code, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _read_timed_out(exc: HTTPException) -> bool:
@@ -137,5 +161,6 @@ def register_error_handlers(app: Flask, *domain_errors: type[Exception]) -> None
     as raised, the rest mapped."""
     for cls in (ApiError, *domain_errors):
         app.register_error_handler(cls, handle_api_error)
+    app.register_error_handler(OverloadedError, handle_overloaded)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

@@ -37,6 +37,13 @@ class Serving:
     #: Held while an upload is decoded or a forward pass runs (``server.api.compute_slot``).
     compute_slots: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(COMPUTE_SLOTS))
+    #: Requests waiting for a compute slot beyond these are refused (503) rather than queued.
+    max_queued: int = 32
+    #: Held by requests that hold or wait for a compute slot: COMPUTE_SLOTS + max_queued.
+    admission: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = threading.BoundedSemaphore(COMPUTE_SLOTS + self.max_queued)
 
 
 def init_app(app: Flask, serving: Serving) -> None:

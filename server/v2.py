@@ -9,22 +9,26 @@ Two models, both backed by the loaded model file, whose id is their one version:
 
 Both answer ``probabilities`` FP32 [-1, 10] and ``digit`` INT64 [-1]. Tensor data may be JSON or
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
-Every count and size is checked before any image is decoded or any product computed.
+Every count and size is checked before any image is decoded or any product computed: a
+``pixels`` body is bounded by the bytes MAX_TENSOR_IMAGES images can take (JSON or binary)
+before it is read, parsed by orjson (no Python recursion; nesting deeper than 1,024 is an
+error), and run through the model in chunks of PREDICT_CHUNK images, so that memory is bounded
+by the chunk whatever the batch.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from server import imaging
 from server.api import check_streamed_body, predict_images, upload_to_mnist
-from server.errors import ApiError
+from server.errors import ApiError, OverloadedError
 from server.model import LoadedModel
 from server.state import get_serving
 
@@ -34,6 +38,15 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 SIDE = 28
 #: Bytes before each element of a binary BYTES tensor: its length, uint32 little-endian.
 LENGTH_PREFIX = 4
+#: Bytes one pixel may take as JSON: the 20 characters of the longest float repr a client
+#: typically sends for k / 255 (0.0039215686274509803), a separator, nesting brackets.
+JSON_BYTES_PER_PIXEL = 24
+#: Room for the rest of a request: names, shape, parameters, id, binary framing.
+REQUEST_OVERHEAD = 64 * 1024
+#: Images per forward pass of a large pixels batch: the activations of a chunk are what a
+#: request holds at once (the CNN's first layer: 64 x 32 x 28 x 28 float32, 6.4 MB), and the
+#: compute slot is taken per chunk, so other requests get their turn between chunks.
+PREDICT_CHUNK = 64
 
 
 class V2Error(Exception):
@@ -95,6 +108,15 @@ def _v2_error(exc: V2Error) -> Response:
     if exc.status == 400:  # a refused request or image, counted like /predict's
         get_serving().metrics.observe_rejection(exc.code)
     return _error(exc.status, str(exc))
+
+
+@bp.errorhandler(OverloadedError)
+def _overloaded(exc: OverloadedError) -> Response:
+    """Shed (server.api.compute_slot): 503 and Retry-After, counted as a rejection."""
+    get_serving().metrics.observe_rejection(exc.code)
+    response = _error(exc.status, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @bp.errorhandler(HTTPException)
@@ -186,11 +208,16 @@ def infer(name: str, version: str | None = None):
     if not model.ready:
         raise V2Error(503, "The model is not ready to serve; GET /v2/health/ready.")
     config = current_app.config
-    max_batch, max_bytes = config["MAX_BATCH_FILES"], config["MAX_UPLOAD_BYTES"]
+    max_bytes = config["MAX_UPLOAD_BYTES"]
     if spec is IMAGE:
-        # Up to max_batch images of max_bytes each, as for /predict/batch. Pixels keep the
-        # app's limit, max_bytes: 5 MB by default, far above 16 x 784 numbers as JSON.
-        request.max_content_length = max_batch * (max_bytes + LENGTH_PREFIX) + 64 * 1024
+        # Up to max_batch image files of max_bytes each, as for /predict/batch.
+        max_batch = config["MAX_BATCH_FILES"]
+        request.max_content_length = max_batch * (max_bytes + LENGTH_PREFIX) + REQUEST_OVERHEAD
+    else:
+        # Pixels cost by their count, not by a file's worst case: up to MAX_TENSOR_IMAGES,
+        # the body no larger than they can take as JSON, refused before it is read.
+        max_batch = config["MAX_TENSOR_IMAGES"]
+        request.max_content_length = pixels_body_limit(max_batch)
     metrics = get_serving().metrics
     with metrics.stage("decode"):
         body = request.get_data(cache=False)
@@ -201,7 +228,8 @@ def infer(name: str, version: str | None = None):
     with metrics.stage("preprocess"):
         images = _pixels(data) if spec is PIXELS else _images(data)
     with metrics.stage("inference"):
-        probabilities = predict_images(model, images)
+        probabilities = np.concatenate([predict_images(model, images[i:i + PREDICT_CHUNK])
+                                        for i in range(0, len(images), PREDICT_CHUNK)])
     with metrics.stage("encode"):
         digits = probabilities.argmax(axis=1)
         for digit in digits:
@@ -209,6 +237,11 @@ def infer(name: str, version: str | None = None):
         tensors = {"probabilities": probabilities, "digit": digits}
         response = _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
     return response
+
+
+def pixels_body_limit(max_images: int) -> int:
+    """The largest body a ``pixels`` request of up to ``max_images`` images may have."""
+    return max_images * SIDE * SIDE * JSON_BYTES_PER_PIXEL + REQUEST_OVERHEAD
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
@@ -225,8 +258,8 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
                                "start of the body.")
         json_part, binary = body[:length], memoryview(body)[length:]
     try:
-        query = json.loads(json_part)
-    except ValueError:  # includes UnicodeDecodeError
+        query = orjson.loads(json_part)
+    except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, nesting > 1,024
         query = None
     if not isinstance(query, dict):
         raise V2Error(400, "The body must be a JSON inference request object "
@@ -341,7 +374,8 @@ def _requested_outputs(query: dict) -> list[tuple[str, bool]]:
         raise V2Error(400, f'"outputs" must list some of {OUTPUT_NAMES}, or be left out.')
     wanted = []
     for output in asked:
-        if not isinstance(output, dict) or output.get("name") not in OUTPUTS:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str) \
+                or output["name"] not in OUTPUTS:
             raise V2Error(400, f"The outputs are {OUTPUT_NAMES}.")
         output_parameters = output.get("parameters") or {}
         binary = (output_parameters.get("binary_data", default_binary)
@@ -381,13 +415,13 @@ def _infer_response(model_name: str, version: str, request_id: str | None,
             chunks.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = array.ravel()  # orjson writes numpy arrays itself
         entries.append(entry)
     body = {"model_name": model_name, "model_version": version}
     if request_id is not None:
         body["id"] = request_id
     body["outputs"] = entries
-    header = json.dumps(body, separators=(",", ":")).encode()
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return Response(header, content_type="application/json")
     response = Response(b"".join([header, *chunks]), content_type="application/octet-stream")

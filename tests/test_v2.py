@@ -13,15 +13,20 @@ from drawing import digit_png
 from test_api import blank_png, scrape
 
 from server import create_app, v2
+from server.model import LoadedModel
 from server.state import get_serving
 
 TOKEN = "do-not-echo-7f3a"
 SECRET = f"<script>{TOKEN}</script>"
 
 
+MAX_TENSOR_IMAGES = 4
+
+
 @pytest.fixture
 def app(tiny_model_path):
     return create_app({"MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 4,
+                       "MAX_TENSOR_IMAGES": MAX_TENSOR_IMAGES,
                        "MAX_UPLOAD_BYTES": 60_000})
 
 
@@ -295,8 +300,15 @@ def test_bad_requests_are_400(client, body):
 
 
 def test_nan_pixels_are_400(client):
+    # NaN is no JSON number (RFC 8259): refused by the parser; binary data can hold one
     data = json.dumps(pixels_request(strokes(1))).replace("0.0", "NaN", 1).encode()
-    assert "[0, 1]" in assert_v2_error(infer(client, data), 400)
+    assert "JSON inference request" in assert_v2_error(infer(client, data), 400)
+    pixels = strokes(1).astype("<f4")
+    pixels[0, 0, 0] = np.nan
+    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28],
+                         "parameters": {"binary_data_size": pixels.nbytes}}]}
+    body, headers = binary_request(query, pixels.tobytes())
+    assert "[0, 1]" in assert_v2_error(infer(client, body, headers), 400)
 
 
 @pytest.mark.parametrize("header_length", ["-1", "abc", "999999"])
@@ -329,15 +341,18 @@ def test_malformed_binary_bytes_are_400(client, payload):
 
 
 def test_body_over_the_limit_is_413_before_parsing(client, monkeypatch):
+    # pixels: the bytes MAX_TENSOR_IMAGES images may take as JSON, not one upload's limit
     monkeypatch.setattr(v2, "_split_body", lambda *a: pytest.fail("parsed an oversized body"))
-    message = assert_v2_error(infer(client, b"{" + b" " * 60_001 + b"}"), 413)
-    assert "60000 bytes" in message
+    limit = v2.pixels_body_limit(MAX_TENSOR_IMAGES)
+    assert limit == 4 * 784 * 24 + 64 * 1024
+    message = assert_v2_error(infer(client, b"{" + b" " * limit + b"}"), 413)
+    assert f"{limit} bytes" in message
 
 
 def test_chunked_body_over_the_limit_is_413(client):
     """Without Content-Length, as gunicorn passes chunked bodies on (input terminated)."""
     response = client.post("/v2/models/digitgrad/infer",
-                           input_stream=io.BytesIO(b"{" + b" " * 70_000 + b"}"),
+                           input_stream=io.BytesIO(b"{" + b" " * 150_000 + b"}"),
                            environ_overrides={"wsgi.input_terminated": True})
     assert_v2_error(response, 413)
 
@@ -363,3 +378,58 @@ def test_metrics_count_v2_routes_by_template_and_time_each_stage(client):
     }
     for name, delta in expected.items():
         assert after.get(name, 0.0) - before.get(name, 0.0) == delta, name
+
+
+# --- batches by cost, JSON bounds, overload -------------------------------------------------
+
+
+def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(tiny_model_path,
+                                                                          monkeypatch):
+    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_TENSOR_IMAGES": 1024})
+    model = get_serving(app).model
+    sizes = []
+    predict = LoadedModel.predict
+    monkeypatch.setattr(LoadedModel, "predict",
+                        lambda self, images: sizes.append(len(images)) or predict(self, images))
+    rng = np.random.default_rng(0)
+    images = rng.random((1024, 28, 28), dtype=np.float32)
+    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1024, 28, 28],
+                         "parameters": {"binary_data_size": images.nbytes}}]}
+    response = infer(app.test_client(), *binary_request(query, images.tobytes()))
+    assert response.status_code == 200, response.get_data()
+    assert sizes == [v2.PREDICT_CHUNK] * (1024 // v2.PREDICT_CHUNK)
+    outputs = {o["name"]: o for o in split_response(response)[0]["outputs"]}
+    assert outputs["digit"]["data"] == predict(model, images).argmax(axis=1).tolist()
+    assert "1 to 1024 images" in assert_v2_error(infer(app.test_client(), pixels_request(
+        np.zeros((1025, 28, 28), np.float32))), 400)
+
+
+def test_deep_nesting_is_400_not_a_recursion_error(client):
+    deep = b"{\"inputs\": " + b"[" * 50_000 + b"]" * 50_000 + b"}"  # within the size limit
+    assert_v2_error(infer(client, deep), 400)
+
+
+@pytest.mark.parametrize("name", [["probabilities"], {"a": 1}, 3, None])
+def test_an_output_name_that_is_no_string_is_400(client, name):
+    assert_v2_error(infer(client, pixels_request(strokes(1), outputs=[{"name": name}])), 400)
+
+
+def test_a_lone_surrogate_is_400(client):
+    query = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    body = json.dumps(query).replace('"x"', '"\\ud800"').encode()
+    assert_v2_error(infer(client, body, model="digitgrad-image"), 400)
+
+
+def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path):
+    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_QUEUED_REQUESTS": 0})
+    client = app.test_client()
+    serving = get_serving(app)
+    with serving.admission:  # a request holds the worker's one compute slot; none may wait
+        response = infer(client, pixels_request(strokes(1)))
+        assert "busy" in assert_v2_error(response, 503)
+        assert response.headers["Retry-After"] == "1"
+        response = client.post("/predict", data=digit_png(), content_type="image/png")
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.get_json()["error"]["code"] == "overloaded"
+    assert infer(client, pixels_request(strokes(1))).status_code == 200
+    assert scrape(client)['digitgrad_rejections_total{reason="overloaded"}'] == 2
