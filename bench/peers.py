@@ -236,15 +236,21 @@ def start_gunicorn(name: str, tree: Path, model: Path, workers: int, workdir: Pa
 
 def start_kserve(python: str, model: Path, workers: int, workdir: Path) -> Server:
     port = free_port()
+    # KServe writes two latency lines per request besides its access line unless told not
+    # to; every server here logs one line per request at most (ours: the access log).
     command = [python, "-m", "bench.kserve_model", "--model", str(model),
-               "--http_port", str(port), "--workers", str(workers)]
+               "--http_port", str(port), "--workers", str(workers),
+               "--enable_latency_logging", "false"]
     env = one_thread_env(PYTHONPATH=str(REPO))
     return launch("KServe", command, workdir, env, workdir, "/v2/models/digitgrad/ready", port,
                   ours=False)
 
 
 def start_mlserver(python: str, model: Path, workers: int, workdir: Path) -> Server:
-    """``mlserver start`` on a folder with its settings: N parallel inference workers."""
+    """``mlserver start`` on a folder with its settings: N parallel inference workers.
+
+    ``debug`` is on by default in MLServer (debug log level); off here, which also turns off its
+    access log."""
     port = free_port()
     folder = workdir / "mlserver"
     folder.mkdir()
@@ -513,16 +519,21 @@ def report(cases: list[Case], servers: list[Server], results: dict, memory: dict
             for r in rows)
         print(f"  {case_name} | {server_name}: {rounds}")
     ours = servers[0].name
-    print("\nours / each other server, req/s (median of the rounds' ratios; the rounds'):")
+    print("\nours / each other server, req/s (median of the rounds' ratios; the rounds'); "
+          "their CPU per request / ours:")
     for case in cases:
         for server in servers[1:]:
             a, b = results.get((case.name, ours)), results.get((case.name, server.name))
             if not a or not b:
                 continue
             ratios = [x["rps"] / y["rps"] for x, y in zip(a, b) if y["rps"]]
+            # CPU per request the other way round (higher: ours cheaper): steadier than req/s
+            # on a machine shared with other work
+            cpu = [y["cpu_ms"] / x["cpu_ms"] for x, y in zip(a, b) if x["cpu_ms"]]
             if ratios:
                 print(f"  {case.name}, ours / {server.name}: {statistics.median(ratios):.2f} "
-                      f"({', '.join(f'{r:.2f}' for r in ratios)})")
+                      f"({', '.join(f'{r:.2f}' for r in ratios)}); by CPU per request "
+                      f"{statistics.median(cpu):.2f} ({', '.join(f'{r:.2f}' for r in cpu)})")
     print("\nmemory per process, MB (RSS/PSS; the root process first), after the run:")
     for name, rows in memory.items():
         print(f"  {name}: " + ", ".join(f"{rss:.0f}/{pss:.0f}" for rss, pss in rows))
