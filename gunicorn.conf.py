@@ -94,6 +94,9 @@ errorlog = "-"
 # Client, request line, status, bytes, latency in milliseconds, worker pid: enough to find
 # slow requests and the worker that served them. No headers: they may carry credentials.
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms %(p)s'
+# gunicorn's logger, writing the same lines without building a dictionary of every header and
+# environ variable for each (server/access_log.py).
+logger_class = "server.access_log.AccessLogger"
 
 
 # --- hooks ----------------------------------------------------------------------------------
