@@ -2,7 +2,7 @@
 thread each.
 
     python bench/train_vs_torch.py [--data-dir DIR] [--repeats 5] [--batch-size 64]
-                                   [--arch cnn|mlp] [--hidden-dims 128 192 256]
+                                   [--arch cnn|mlp] [--hidden-dim 128 192 256]
 
 Epochs of ours and of torch alternate in one process (ours first on even rounds, torch first on
 odd ones), so that machine noise hits both alike; the medians and their ratio are printed.
@@ -58,7 +58,7 @@ def build_torch(torch, config: TrainConfig):
             layers += [nn.Conv2d(channels, c, k, padding=p), nn.ReLU(), nn.MaxPool2d(2)]
             size, channels = (size + 2 * p - k + 1) // 2, c
         layers.append(nn.Flatten())
-        width, hidden = channels * size * size, list(config.fc_dims)
+        width, hidden = channels * size * size, list(config.hidden_dims)
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=None, help="images per epoch")
     parser.add_argument("--arch", choices=("cnn", "mlp"), default="cnn",
-                        help="the default CNN, or MLPs of --hidden-dims")
-    parser.add_argument("--hidden-dims", type=int, nargs="+", metavar="N",
-                        help="mlp: time these widths (two hidden layers each), e.g. to find "
-                             "where the ratio crosses a target; default: the default MLP and 2x100")
+                        help="the default CNN, or an MLP of each --hidden-dim")
+    parser.add_argument("--hidden-dim", type=int, nargs="+", metavar="N",
+                        help="mlp: time an MLP of each of these hidden_dim values (two hidden "
+                             "layers each), e.g. to find where the ratio crosses a target; "
+                             "default: the default MLP and 2x100")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(train, mnist.val, pre, augment=None)
     torch.set_num_threads(1)
     default = TrainConfig(batch_size=args.batch_size, arch="mlp")
-    widths = args.hidden_dims or [default.hidden_dim, 100]
+    widths = args.hidden_dim or [default.hidden_dim, 100]
     # without augmentation: it runs on another thread, and torch would get none to compare with
     if args.arch == "mlp":
         configs = [TrainConfig(batch_size=args.batch_size, arch="mlp", hidden_dim=w,

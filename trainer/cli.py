@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
           metavar="K1,K2")
     hyper(model, "--paddings", "cnn: zero padding of each conv layer", type=_int_list,
           metavar="P1,P2")
-    hyper(model, "--fc-dims", "cnn: widths of the fully-connected hidden layers (default: "
-                              "120,84; fashion-mnist: 128)",
+    hyper(model, "--hidden-dims", "cnn: widths of the fully-connected hidden layers (default: "
+                                  "120,84; fashion-mnist: 128)",
           type=_int_list, metavar="N1,N2")
     hyper(model, "--hidden-dim", "mlp: units per hidden layer", type=_positive_int, metavar="N")
     hyper(model, "--layers", "mlp: number of hidden layers", type=_positive_int, metavar="N")

@@ -13,7 +13,7 @@ CHECKPOINT_NAME = "checkpoint.npz"
 
 #: Fields of TrainConfig that describe one architecture each, for usage errors and the record.
 ARCH_FIELDS = {
-    "cnn": ("channels", "kernel_sizes", "paddings", "fc_dims"),
+    "cnn": ("channels", "kernel_sizes", "paddings", "hidden_dims"),
     "mlp": ("hidden_dim", "layers", "activation"),
 }
 
@@ -29,8 +29,8 @@ DEFAULT_FLAG_ONES = {"mnist": True, "fashion-mnist": False}
 #: The CNN's layers by data set, by measurement (20 epochs, no augmentation): Fashion-MNIST's
 #: textures want more filters (8-16 with 120-84 dense: 90.77% test; 16-32 with 128: 91.45%),
 #: MNIST's 180 s budget wants fewer (see TrainConfig).
-DEFAULT_CNN = {"mnist": {"channels": (8, 16), "fc_dims": (120, 84)},
-               "fashion-mnist": {"channels": (16, 32), "fc_dims": (128,)}}
+DEFAULT_CNN = {"mnist": {"channels": (8, 16), "hidden_dims": (120, 84)},
+               "fashion-mnist": {"channels": (16, 32), "hidden_dims": (128,)}}
 #: What augmentation does, by data set: handwriting's variations for digits, shifts and mirror
 #: images for clothes.
 AUGMENTATION = {"mnist": AugmentConfig(), "fashion-mnist": CLOTHES}
@@ -62,7 +62,7 @@ class TrainConfig:
     channels: tuple[int, ...] | None = None  # None: the data set's own, DEFAULT_CNN
     kernel_sizes: tuple[int, ...] = (5, 5)
     paddings: tuple[int, ...] = (2, 0)
-    fc_dims: tuple[int, ...] | None = None  # None: the data set's own, DEFAULT_CNN
+    hidden_dims: tuple[int, ...] | None = None  # None: the data set's own, DEFAULT_CNN
     # the MLP
     hidden_dim: int = 112
     layers: int = 2
