@@ -23,7 +23,8 @@ from trainer.config import (
 from trainer.data import DATASETS
 from trainer.schedule import SCHEDULES
 
-EXIT_USAGE = 2
+#: The exit statuses of ``python -m trainer`` (the epilog below tells users).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
