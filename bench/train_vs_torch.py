@@ -1,7 +1,7 @@
 """Per-epoch training time of our trainer vs PyTorch (CPU), same network, same batches, one
 thread each.
 
-    python bench/train_vs_torch.py [--data-dir DIR] [--repeats 5] [--batch-size 64]
+    python -m bench.train_vs_torch [--data-dir DIR] [--repeats 5] [--batch-size 64]
                                    [--arch cnn|mlp] [--hidden-dim 128 192 256]
 
 Epochs of ours and of torch alternate in one process (ours first on even rounds, torch first on
@@ -17,18 +17,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from models import preprocessing_config  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import DataError, load_mnist  # noqa: E402
-from trainer.factory import build_model, build_optimizer, build_schedule  # noqa: E402
-from trainer.loop import Session, StopFlag, prepare, train_epoch  # noqa: E402
-from trainer.report import Progress  # noqa: E402
+from models import preprocessing_config
+from trainer.config import TrainConfig
+from trainer.data import DataError, load_mnist
+from trainer.factory import build_model, build_optimizer, build_schedule
+from trainer.loop import Session, StopFlag, prepare, train_epoch
+from trainer.report import Progress
 
 
 def torch_epoch(torch, net, optimizer, loss_fn, x, y, batch_size: int, order: np.ndarray) -> None:
@@ -106,7 +103,8 @@ def bench(torch, data, config: TrainConfig, repeats: int) -> tuple[float, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.train_vs_torch",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="MNIST IDX files (default: $MNIST_DIR or the cache)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per framework")
     parser.add_argument("--batch-size", type=int, default=64)
