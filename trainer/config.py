@@ -42,10 +42,10 @@ class UsageError(Exception):
 class TrainConfig:
     """Every hyper-parameter of a run; the CLI's defaults come from here.
 
-    Defaults chosen by measurement (docs/benchmarks.md, training). The CNN is LeNet-5's shape
-    with 8 filters in the first layer instead of 6: its 20 epochs fit the 180 s budget on 2
-    cores while the second core augments. The MLP keeps its earlier defaults (784-112-112-10,
-    lr 0.05), chosen against a 60 s budget.
+    Defaults chosen by measurement (docs/benchmarks.md: Training, and round 2). The CNN is
+    LeNet-5's shape with 8 filters in the first layer instead of 6: its 20 epochs fit the 180 s
+    budget on 2 cores while the second core augments. The MLP keeps its earlier defaults
+    (784-112-112-10, lr 0.05), chosen against a 60 s budget.
     """
 
     dataset: str = "mnist"
