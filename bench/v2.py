@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    if shutil.which(args.kserve_python) is None:
+        parser.error(f"--kserve-python {args.kserve_python}: no such interpreter; make one with "
+                     "python -m venv VENV && VENV/bin/pip install kserve flask pillow")
     if not args.model.is_file():
         parser.error(f"no model file {args.model}: pass --model, a file written by "
                      "`python -m trainer`")
