@@ -1,9 +1,9 @@
-"""KServe's own Python model server around our model, for bench/peers.py to compare against.
+"""KServe's own Python model server around our model, for bench.peers to compare against.
 
 Runs under an interpreter that has the ``kserve`` package (a bench-only dependency, never a
-runtime one: bench/peers.py's --kserve-python), with the repository on PYTHONPATH:
+runtime one: bench.peers's --kserve-python), with the repository on its path:
 
-    python -m bench.kserve_model --model model.npz --http_port 8080 --workers 2
+    PYTHONPATH=. python -m bench.kserve_model --model model.npz --http_port 8080 --workers 2
 
 The ``digitgrad`` model takes ``pixels`` FP32 [N, 28, 28] in [0, 1] and answers
 ``probabilities`` FP32 [N, 10] and ``digit`` INT64 [N], like our V2 ``digitgrad`` model.

@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -51,8 +50,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-REPO = Path(__file__).resolve().parents[1]
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
+from bench.loadgen import server_cpu
+from bench.servers import OPENER, REPO, free_port, gunicorn_env, start_gunicorn, stop, wait_ready
+
 INFER = "/v2/models/digitgrad/infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SIDE = 28
@@ -194,14 +194,6 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_thread_env(**extra: str) -> dict:
     """The environment of a server: one BLAS thread per process, as our config sets."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -217,21 +209,22 @@ def launch(name: str, command: list[str], cwd: Path, env: dict, workdir: Path, r
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
     server = Server(name, process, port, log, ours)
-    wait_ready(server, ready)
+    wait_ready(server.url(""), process, log, seconds=180, path=ready, name=name)
     return server
 
 
-def start_gunicorn(name: str, tree: Path, model: Path, workers: int, workdir: Path) -> Server:
+def start_ours(name: str, tree: Path, model: Path, workers: int, workdir: Path) -> Server:
     """``tree``'s gunicorn.conf.py and app, under this interpreter (with this venv's packages)."""
     port = free_port()
     metrics = workdir / f"{name.lower()}-prometheus"
     metrics.mkdir()
-    env = one_thread_env(MODEL_PATH=str(model), BIND=f"127.0.0.1:{port}",
-                         WEB_CONCURRENCY=str(workers), PROMETHEUS_MULTIPROC_DIR=str(metrics),
-                         PYTHONPATH=str(tree))
-    command = [sys.executable, "-m", "gunicorn", "--config", str(tree / "gunicorn.conf.py"),
-               "server:create_app()"]
-    return launch(name, command, tree, env, workdir, "/readyz", port, ours=True)
+    env = gunicorn_env(model, metrics, BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(workers),
+                       PYTHONPATH=str(tree))
+    log = workdir / f"{name.lower()}.log"
+    process = start_gunicorn(env, log, tree / "gunicorn.conf.py", tree)
+    server = Server(name, process, port, log, ours=True)
+    wait_ready(server.url(""), process, log, name=name)
+    return server
 
 
 def start_kserve(python: str, model: Path, workers: int, workdir: Path) -> Server:
@@ -264,22 +257,6 @@ def start_mlserver(python: str, model: Path, workers: int, workdir: Path) -> Ser
     env = one_thread_env(PYTHONPATH=str(REPO))
     return launch("MLServer", command, workdir, env, workdir, "/v2/models/digitgrad/ready",
                   port, ours=False)
-
-
-def wait_ready(server: Server, path: str, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise SystemExit(f"{server.name} exited:\n{server.log.read_text()[-4000:]}")
-        try:
-            with OPENER.open(server.url(path), timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    server.process.kill()
-    raise SystemExit(f"{server.name} did not become ready within {seconds:g} s")
 
 
 def post(server: Server, case: Case) -> tuple[int, bytes]:
@@ -333,35 +310,6 @@ def measured(server: Server, case: Case) -> bool:
 # --- one measurement ------------------------------------------------------------------------
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (Linux /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = [root], [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        tree += children
-        frontier = children
-    return tree
-
-
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU seconds so far of each process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    seconds = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    return seconds
-
-
 def run_wrk(url: str, case: Case, connections: int, seconds: float, script: Path) -> dict:
     env = dict(os.environ, BENCH_BODY=str(case.body), BENCH_TYPE=case.content_type,
                BENCH_HEADER=case.header)
@@ -381,10 +329,9 @@ def run_wrk(url: str, case: Case, connections: int, seconds: float, script: Path
 
 def measure_once(server: Server, case: Case, args: argparse.Namespace, script: Path) -> dict:
     """One wrk run of ``case`` on ``server``, with the CPU its processes used meanwhile."""
-    pids = process_tree(server.process.pid)
-    before = cpu_seconds(pids)
+    before = server_cpu(server.process.pid)
     row = run_wrk(server.url(case.path), case, case.connections, args.duration, script)
-    after = cpu_seconds(pids)
+    after = server_cpu(server.process.pid)
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     total = sum(used.values())
     row["cpu_ms"] = 1e3 * total / max(row["requests"], 1)
@@ -399,7 +346,7 @@ def measure_once(server: Server, case: Case, args: argparse.Namespace, script: P
 def memory_mb(root: int) -> list[tuple[float, float]]:
     """(RSS MB, PSS MB) of each process of a server, its root first."""
     rows = []
-    for pid in process_tree(root):
+    for pid in sorted(server_cpu(root), key=lambda pid: pid != root):
         try:
             fields = dict(line.split(":", 1) for line in
                           Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
@@ -451,10 +398,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     load_before = os.getloadavg()[0]
     servers: list[Server] = []
     try:
-        servers.append(start_gunicorn("ours", REPO, model, args.workers, workdir))
+        servers.append(start_ours("ours", REPO, model, args.workers, workdir))
         if args.baseline_tree:
-            servers.append(start_gunicorn("baseline", args.baseline_tree.resolve(), model,
-                                          args.workers, workdir))
+            servers.append(start_ours("baseline", args.baseline_tree.resolve(), model,
+                                      args.workers, workdir))
         if args.kserve_python:
             servers.append(start_kserve(args.kserve_python, model, args.workers, workdir))
         if args.mlserver_python:
@@ -474,12 +421,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         memory = {server.name: memory_mb(server.process.pid) for server in servers}
     finally:
         for server in servers:
-            server.process.terminate()
-        for server in servers:
-            try:
-                server.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
+            stop(server.process, timeout=60)
     print(f"model: {model}; {args.workers} workers each; wrk, 1 thread; {args.rounds} rounds x "
           f"{args.duration:g} s per case and server, interleaved, none discarded or repeated; "
           f"{os.cpu_count()} CPUs shared by the servers and wrk; load average {load_before:.1f} "

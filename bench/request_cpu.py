@@ -28,15 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.peers import (
-    REPO,
-    WRK_SCRIPT,
-    cpu_seconds,
-    make_cases,
-    process_tree,
-    run_wrk,
-    start_gunicorn,
-)
+from bench.loadgen import server_cpu
+from bench.peers import REPO, WRK_SCRIPT, make_cases, run_wrk, start_ours
+from bench.servers import stop
 
 #: (component, pattern of a frame "function (file:line)"), tried from the innermost frame out:
 #: the first frame that matches any pattern names the component of the sample.
@@ -72,14 +66,13 @@ def profile(tree: Path, name: str, case, args: argparse.Namespace, workdir: Path
     """{component: ms per request} of ``tree`` serving ``case``, plus the total."""
     folder = workdir / name
     folder.mkdir()
-    server = start_gunicorn(name, tree, args.model.resolve(), 2, folder)
+    server = start_ours(name, tree, args.model.resolve(), 2, folder)
     script = folder / "bench.lua"
     script.write_text(WRK_SCRIPT)
     samples = folder / "samples.txt"
     try:
         run_wrk(server.url(case.path), case, case.connections, 2, script)  # warm-up
-        pids = process_tree(server.process.pid)
-        before = cpu_seconds(pids)
+        before = server_cpu(server.process.pid)
         spy = subprocess.Popen(
             [args.py_spy, "record", "--pid", str(server.process.pid), "--subprocesses", "--gil",
              "--nonblocking", "--rate", "250", "--format", "raw",
@@ -87,11 +80,10 @@ def profile(tree: Path, name: str, case, args: argparse.Namespace, workdir: Path
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # py-spy attached
         row = run_wrk(server.url(case.path), case, case.connections, args.duration, script)
-        after = cpu_seconds(pids)
+        after = server_cpu(server.process.pid)
         spy.wait(timeout=60)
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=60)
+        stop(server.process, timeout=60)
     cpu_ms = 1e3 * (sum(after.values()) - sum(before.values())) / max(row["requests"], 1)
     counts: collections.Counter = collections.Counter()
     for line in samples.read_text().splitlines():
