@@ -19,6 +19,8 @@ from server.state import get_serving
 bp = Blueprint("api", __name__)
 
 TRUE_FLAGS = frozenset({"1", "true", "yes", "on"})
+#: The routes that predict: shed under overload (``shed_early``).
+PREDICTING = frozenset({"api.predict", "api.predict_batch", "api.predict_number", "v2.infer"})
 #: Digits one POST /predict/number reads at most (more is answered 422 too_many_digits).
 MAX_NUMBER_DIGITS = 12
 #: The drawing page loads only its own script, style sheet and images (data: for the 28x28
@@ -56,6 +58,18 @@ def compute_slot():
                 _holding.slot = False
     finally:
         serving.admission.release()
+
+
+@bp.before_app_request
+def shed_early() -> None:
+    """A prediction arriving while the compute slot's queue is full is answered 503 before its
+    body is read or parsed: shedding must cost less than serving, or an overloaded worker
+    spends its CPU refusing. (compute_slot checks again when the slot is asked for.)"""
+    if request.endpoint in PREDICTING:
+        admission = get_serving().admission
+        if not admission.acquire(blocking=False):
+            raise OverloadedError()
+        admission.release()
 
 
 def predict_images(model: LoadedModel, images: np.ndarray) -> np.ndarray:

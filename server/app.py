@@ -28,9 +28,10 @@ DEFAULTS = {
     # 28x28 images of one V2 `pixels` request: 3.2 MB binary, at most ~19 MB as JSON, run
     # PREDICT_CHUNK at a time (server/v2.py), so memory is bounded by the chunk.
     "MAX_TENSOR_IMAGES": 1024,
-    # Requests per worker waiting for the compute slot; beyond them a request is answered 503
-    # with Retry-After at once (server/api.py compute_slot). 0: none waits.
-    "MAX_QUEUED_REQUESTS": 32,
+    # Requests per worker waiting for the compute slot; a prediction that finds this many is
+    # answered 503 with Retry-After at once (server/api.py), so the admitted ones keep a short
+    # wait under overload. 0: none waits.
+    "MAX_QUEUED_REQUESTS": 16,
 }
 INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "MAX_TENSOR_IMAGES",
                 "MAX_QUEUED_REQUESTS")

@@ -425,7 +425,10 @@ def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path
     client = app.test_client()
     serving = get_serving(app)
     with serving.admission:  # a request holds the worker's one compute slot; none may wait
-        response = infer(client, pixels_request(strokes(1)))
+        # refused before the body is read
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(v2, "_split_body", lambda *a: pytest.fail("read a shed request"))
+            response = infer(client, pixels_request(strokes(1)))
         assert "busy" in assert_v2_error(response, 503)
         assert response.headers["Retry-After"] == "1"
         response = client.post("/predict", data=digit_png(), content_type="image/png")
