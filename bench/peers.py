@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bench import loadgen
 from bench.loadgen import server_cpu
 from bench.servers import OPENER, REPO, free_port, gunicorn_env, start_gunicorn, stop, wait_ready
 
@@ -57,19 +58,12 @@ INFER = "/v2/models/digitgrad/infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SIDE = 28
 
-#: wrk's request (the body file, Content-Type and one extra header from the environment) and,
-#: at the end, one machine-readable line: counts and latency percentiles in microseconds. The
-#: admitted p99 is the latency that 1% of the non-2xx-free share exceeds; since every latency
-#: above it is counted whether admitted or refused, it bounds the admitted requests' p99.
-WRK_SCRIPT = """
-local path = os.getenv("BENCH_BODY")
-if path and path ~= "" then
-  local f = assert(io.open(path, "rb"))
-  wrk.body = f:read("*a")
-  f:close()
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
-end
+#: wrk's request (bench.loadgen's: the body file and Content-Type; here also one extra header
+#: from the environment) and, at the end, one machine-readable line: counts and latency
+#: percentiles in microseconds. "admitted_p99" is the latency exceeded by as many responses as
+#: 1% of the 2xx ones: since refused (503) responses above it are counted too, the admitted
+#: requests' own p99 is at most that.
+WRK_SCRIPT = loadgen.WRK_SCRIPT + """
 local extra = os.getenv("BENCH_HEADER")
 if extra and extra ~= "" then
   local name, value = extra:match("^([^:]+):%s*(.*)$")
