@@ -222,7 +222,8 @@ def infer(name: str, version: str | None = None):
     with metrics.stage("decode"):
         body = request.get_data(cache=False)
         check_streamed_body()
-        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH),
+                                    max_batch if spec is PIXELS else None)
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
     with metrics.stage("preprocess"):
@@ -244,8 +245,11 @@ def pixels_body_limit(max_images: int) -> int:
     return max_images * SIDE * SIDE * JSON_BYTES_PER_PIXEL + REQUEST_OVERHEAD
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
-    """The JSON inference request and the binary data after it (empty without the header)."""
+def _split_body(body: bytes, header_length: str | None,
+                max_images: int | None = None) -> tuple[dict, memoryview]:
+    """The JSON inference request and the binary data after it (empty without the header);
+    with ``max_images``, the JSON's shape is checked against that many images' before it is
+    parsed (``_check_pixels_json``)."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
@@ -257,6 +261,8 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
             raise V2Error(400, f"{HEADER_LENGTH} must be the byte length of the JSON at the "
                                "start of the body.")
         json_part, binary = body[:length], memoryview(body)[length:]
+    if max_images is not None:
+        _check_pixels_json(json_part, max_images)
     try:
         query = orjson.loads(json_part)
     except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, nesting > 1,024
@@ -269,6 +275,21 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
     if request_id is not None and not isinstance(request_id, str):
         raise V2Error(400, 'The request "id" must be a string.')
     return query, binary
+
+
+def _check_pixels_json(json_part: bytes, max_images: int) -> None:
+    """Refuse, before parsing, JSON with more arrays, objects or values than ``max_images``
+    images need: parsed, each costs a Python object (an empty list 56 bytes, a float 24, plus
+    8 in its list), so a body within the byte limit written as ``[],[],...`` or ``1.5,1.5,...``
+    would take 10-20 times its size in memory. Counting brackets and commas bounds the parsed
+    request by what the largest legitimate one takes (nested: one array per image and per
+    row; a comma between values), whatever strings may hide inside it."""
+    containers = json_part.count(b"[") + json_part.count(b"{")
+    values = json_part.count(b",")
+    if containers > max_images * (1 + SIDE) + 64 or values > max_images * SIDE * SIDE + 64:
+        raise V2Error(400, f"The request holds more JSON arrays or values than {max_images} "
+                           "28x28 images need; send at most that many, as one flat or nested "
+                           "list per input.")
 
 
 def _input_data(query: dict, spec: TensorSpec, binary: memoryview, max_batch: int,

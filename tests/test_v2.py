@@ -400,8 +400,9 @@ def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(tiny_mo
     assert sizes == [v2.PREDICT_CHUNK] * (1024 // v2.PREDICT_CHUNK)
     outputs = {o["name"]: o for o in split_response(response)[0]["outputs"]}
     assert outputs["digit"]["data"] == predict(model, images).argmax(axis=1).tolist()
-    assert "1 to 1024 images" in assert_v2_error(infer(app.test_client(), pixels_request(
-        np.zeros((1025, 28, 28), np.float32))), 400)
+    query["inputs"][0]["shape"][0] = 1025
+    assert "1 to 1024 images" in assert_v2_error(infer(app.test_client(), *binary_request(
+        query, np.zeros((1025, 28, 28), np.float32).tobytes())), 400)
 
 
 def test_deep_nesting_is_400_not_a_recursion_error(client):
@@ -436,3 +437,23 @@ def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path
         assert response.get_json()["error"]["code"] == "overloaded"
     assert infer(client, pixels_request(strokes(1))).status_code == 200
     assert scrape(client)['digitgrad_rejections_total{reason="overloaded"}'] == 2
+
+
+@pytest.mark.parametrize("filler", [b"[],", b"1.5,"])
+def test_json_of_more_values_than_the_images_need_is_refused_unparsed(client, monkeypatch,
+                                                                      filler):
+    # within the body limit, but parsed it would take 10-20 times its size in memory
+    count = MAX_TENSOR_IMAGES * 784 + 100
+    body = b'{"inputs": [{"data": [' + filler * count + b"0]}]}"
+    assert len(body) < v2.pixels_body_limit(MAX_TENSOR_IMAGES)
+    with monkeypatch.context() as patch:
+        patch.setattr(v2.orjson, "loads", lambda *a: pytest.fail("parsed a bomb"))
+        response = infer(client, body)
+    assert "more JSON arrays or values" in assert_v2_error(response, 400)
+
+
+def test_the_largest_nested_json_request_passes_the_shape_check(client):
+    images = strokes(MAX_TENSOR_IMAGES)
+    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": list(images.shape),
+                         "data": images.tolist()}]}  # one list per image and per row
+    assert infer(client, query).status_code == 200
