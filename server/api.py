@@ -47,8 +47,10 @@ def compute_slot():
         yield
         return
     serving = get_serving()
-    if not serving.admission.acquire(blocking=False):
-        raise OverloadedError()
+    with serving.line_lock:
+        if serving.line_full():
+            raise OverloadedError()
+        serving.in_line += 1
     try:
         with serving.compute_slots:
             _holding.slot = True
@@ -57,7 +59,8 @@ def compute_slot():
             finally:
                 _holding.slot = False
     finally:
-        serving.admission.release()
+        with serving.line_lock:
+            serving.in_line -= 1
 
 
 @bp.before_app_request
@@ -65,11 +68,8 @@ def shed_early() -> None:
     """A prediction arriving while the compute slot's queue is full is answered 503 before its
     body is read or parsed: shedding must cost less than serving, or an overloaded worker
     spends its CPU refusing. (compute_slot checks again when the slot is asked for.)"""
-    if request.endpoint in PREDICTING:
-        admission = get_serving().admission
-        if not admission.acquire(blocking=False):
-            raise OverloadedError()
-        admission.release()
+    if request.endpoint in PREDICTING and get_serving().line_full():
+        raise OverloadedError()
 
 
 def predict_images(model: LoadedModel, images: np.ndarray) -> np.ndarray:

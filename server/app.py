@@ -31,7 +31,7 @@ DEFAULTS = {
     # Requests per worker waiting for the compute slot; a prediction that finds this many is
     # answered 503 with Retry-After at once (server/api.py), so the admitted ones keep a short
     # wait under overload. 0: none waits.
-    "MAX_QUEUED_REQUESTS": 16,
+    "MAX_QUEUED_REQUESTS": 32,
 }
 INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "MAX_TENSOR_IMAGES",
                 "MAX_QUEUED_REQUESTS")

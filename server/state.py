@@ -8,6 +8,7 @@ the accessor never cycles through ``server.app`` (or ``server.errors``, which ma
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app
@@ -25,6 +26,37 @@ EXTENSION = "digitgrad"
 #: clients only wait (gunicorn.conf.py); run one worker per core for parallelism.
 COMPUTE_SLOTS = 1
 
+class FairSlots:
+    """``n`` slots handed to waiting threads in the order they asked (a context manager).
+
+    threading.Semaphore lets a thread that just arrived take a slot before the one woken for
+    it, which then queues again at the back: under load some requests waited seconds while
+    others passed them. Here a released slot goes straight to the longest waiting thread.
+    """
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._lock = threading.Lock()
+        self._waiting: deque[threading.Lock] = deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by __exit__ when this thread's turn comes: the slot is ours
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()  # handed over, still taken
+            else:
+                self._free += 1
+
+
 @dataclass
 class Serving:
     """What the routes need, kept in ``app.extensions["digitgrad"]``: no module globals."""
@@ -35,15 +67,16 @@ class Serving:
     #: a successful one.
     reload_error: dict | None = None
     #: Held while an upload is decoded or a forward pass runs (``server.api.compute_slot``).
-    compute_slots: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(COMPUTE_SLOTS))
+    compute_slots: FairSlots = field(default_factory=lambda: FairSlots(COMPUTE_SLOTS))
     #: Requests waiting for a compute slot beyond these are refused (503) rather than queued.
     max_queued: int = 32
-    #: Held by requests that hold or wait for a compute slot: COMPUTE_SLOTS + max_queued.
-    admission: threading.BoundedSemaphore = field(init=False)
+    #: Requests holding or waiting for a compute slot (``server.api.compute_slot``).
+    in_line: int = 0
+    line_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __post_init__(self) -> None:
-        self.admission = threading.BoundedSemaphore(COMPUTE_SLOTS + self.max_queued)
+    def line_full(self) -> bool:
+        """Whether a request asking for a compute slot now would be refused."""
+        return self.in_line >= COMPUTE_SLOTS + self.max_queued
 
 
 def init_app(app: Flask, serving: Serving) -> None:

@@ -12,10 +12,15 @@ at their connection limit). One listening socket stays: a per-worker SO_REUSEPOR
 spread connections by hash, but drops those queued on a worker that exits (reloads, restarts).
 
 A thread that has answered on a keep-alive connection also serves that client's next request
-itself when it arrives within NEXT_REQUEST_WAIT and no other connection waits for a thread,
+itself when it arrives within NEXT_REQUEST_WAIT, no other connection waits for a thread and
+the worker is not busy (below),
 instead of handing the connection back to the event loop (a poller registration, a pipe write
 and a hand-off to another thread per request). At most REQUESTS_IN_A_ROW in a row, so that no
 client keeps a thread to itself.
+
+When a worker already has as many requests in progress as may hold or wait for its compute slot
+(``MAX_QUEUED_REQUESTS + 1``), a keep-alive client's next prediction is answered 503 by the
+event loop itself (server/shedding.py), before any thread or Flask sees it.
 
 Used by gunicorn.conf.py as ``worker_class``.
 """
@@ -24,9 +29,14 @@ from __future__ import annotations
 
 import select
 import time
+from datetime import timedelta
 from multiprocessing.sharedctypes import RawArray
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from server import shedding
+from server.errors import OverloadedError
+from server.state import COMPUTE_SLOTS, get_serving
 
 #: Board entries; a worker writes the one at its age modulo SLOTS. Spawns are numbered in
 #: order, so two live workers share an entry only after SLOTS spawns within one's lifetime.
@@ -52,6 +62,9 @@ class BalancedThreadWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self._slot = 3 * (self.age % SLOTS)
         self._hold_until = 0.0
+        #: Connections handed to the thread pool and not yet back: requests in progress.
+        self.in_flight = 0
+        self._shed_at: float | None = None
 
     def notify(self) -> None:
         """The heartbeat, once per turn of the event loop: also publish the connection count."""
@@ -78,6 +91,63 @@ class BalancedThreadWorker(ThreadWorker):
         super().accept(listener)
         self._publish()
 
+    def enqueue_req(self, conn) -> None:
+        self.in_flight += 1
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs) -> None:
+        self.in_flight -= 1
+        super().finish_request(conn, fs)
+
+    def on_client_socket_readable(self, conn, client) -> None:
+        if self.in_flight >= self._shed_limit() and self._shed(conn):
+            return
+        super().on_client_socket_readable(conn, client)
+
+    def _shed_limit(self) -> float:
+        if self._shed_at is None:
+            try:  # the app's setting; an app that is not ours is never shed here
+                queued = get_serving(self.wsgi).max_queued
+                self._shed_at = queued + COMPUTE_SLOTS
+            except (AttributeError, KeyError, RuntimeError):
+                self._shed_at = float("inf")
+        return self._shed_at
+
+    def _shed(self, conn) -> bool:
+        """Answer the connection's waiting request 503 if it is one simple prediction request
+        (server/shedding.py); else give its bytes back to the parser, and False."""
+        if conn.is_http2 or conn.parser is None:
+            return False
+        try:
+            data = conn.sock.recv(65536)
+        except OSError:  # nothing to read after all, or an error the normal path will meet
+            return False
+        request = shedding.simple_request(data) if data else None
+        if request is None:
+            conn.parser.unreader.unread(data)
+            return False
+        answer = shedding.overloaded_response(request)
+        try:
+            conn.sock.sendall(answer)  # a few hundred bytes: the socket buffer takes them
+            sent = True
+        except OSError:
+            sent = False
+        get_serving(self.wsgi).metrics.observe_rejection(OverloadedError.code)
+        self.log.access(_Shed(len(answer)), _Shed(0), {
+            "REMOTE_ADDR": conn.client[0] if isinstance(conn.client, tuple) else "-",
+            "REQUEST_METHOD": request.method, "RAW_URI": request.target,
+            "PATH_INFO": request.target.split("?", 1)[0], "SERVER_PROTOCOL": "HTTP/1.1"},
+            timedelta(0))
+        self.keepalived_conns.remove(conn)
+        if sent and request.keep_alive:
+            conn.set_timeout()
+            self.keepalived_conns.append(conn)
+        else:
+            self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            conn.close()
+        return True
+
     def handle(self, conn):
         """Serve the connection's request, then its next ones while they come at once."""
         keepalive = super().handle(conn)
@@ -89,8 +159,10 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _next_request_ready(self, conn) -> bool:
         waiting = getattr(self.tpool, "_work_queue", None)  # ThreadPoolExecutor's queue
-        if waiting is None or not waiting.empty():
-            return False  # other connections wait for a thread: this one goes back in line
+        if waiting is None or not waiting.empty() or self.in_flight >= self._shed_limit():
+            # others wait for a thread, or the worker is busy: this connection goes back to
+            # the event loop, in line with the others (and shed like them)
+            return False
         if conn.parser.unreader.buf.getvalue():
             return True  # already read ahead
         return bool(select.select([conn.sock], [], [], NEXT_REQUEST_WAIT)[0])
@@ -107,3 +179,13 @@ class BalancedThreadWorker(ThreadWorker):
         # other worker may have taken more connections meanwhile, or none).
         hold = self._hold_until - time.monotonic()
         super().wait_for_and_dispatch_events(min(timeout, hold) if hold > 0 else timeout)
+
+
+class _Shed:
+    """What gunicorn's access log reads of a response (and of a request's headers)."""
+
+    status = "503"
+    headers: tuple = ()
+
+    def __init__(self, sent: int) -> None:
+        self.sent = sent

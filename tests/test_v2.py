@@ -12,7 +12,8 @@ import pytest
 from drawing import digit_png
 from test_api import blank_png, scrape
 
-from server import create_app, v2
+from server import api, create_app, v2
+from server.errors import OverloadedError
 from server.model import LoadedModel
 from server.state import get_serving
 
@@ -425,7 +426,8 @@ def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path
     app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_QUEUED_REQUESTS": 0})
     client = app.test_client()
     serving = get_serving(app)
-    with serving.admission:  # a request holds the worker's one compute slot; none may wait
+    serving.in_line = 1  # a request holds the worker's one compute slot; none may wait
+    try:
         # refused before the body is read
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(v2, "_split_body", lambda *a: pytest.fail("read a shed request"))
@@ -435,8 +437,16 @@ def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path
         response = client.post("/predict", data=digit_png(), content_type="image/png")
         assert response.status_code == 503 and response.headers["Retry-After"] == "1"
         assert response.get_json()["error"]["code"] == "overloaded"
+    finally:
+        serving.in_line = 0
     assert infer(client, pixels_request(strokes(1))).status_code == 200
+    assert serving.in_line == 0  # every request that took its place in line left it
     assert scrape(client)['digitgrad_rejections_total{reason="overloaded"}'] == 2
+    with app.app_context():  # the slot's own check, when the line filled after the early one
+        serving.in_line = 1
+        with pytest.raises(OverloadedError), api.compute_slot():
+            pass
+        assert serving.in_line == 1
 
 
 @pytest.mark.parametrize("filler", [b"[],", b"1.5,"])
