@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shlex
 import sys
 from datetime import datetime, timezone
 
-from models import preprocessing_config, save, to_model_input
+from models import digitgrad_version, preprocessing_config, save, to_model_input
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
 from trainer.config import Job, TrainConfig, UsageError
@@ -26,14 +25,6 @@ from trainer.report import (
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-def digitgrad_version() -> str:
-    """The installed package's version (from its metadata), or "unknown" in a bare checkout."""
-    try:
-        return importlib.metadata.version("digitgrad")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> TrainConfig:
