@@ -14,6 +14,7 @@ from flask.json.provider import JSONProvider
 from models import ModelFileError
 from server import api, imaging, metrics, state, v2
 from server.errors import register_error_handlers
+from server.inference import Inference
 from server.model import LoadedModel
 
 #: Settings and their defaults; each can be set in the environment or in create_app's config.
@@ -26,11 +27,11 @@ DEFAULTS = {
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_BATCH_FILES": 16,
     # 28x28 images of one V2 `pixels` request: 3.2 MB binary, at most ~19 MB as JSON, run
-    # PREDICT_CHUNK at a time (server/v2.py), so memory is bounded by the chunk.
+    # PREDICT_CHUNK at a time (server/inference.py), so memory is bounded by the chunk.
     "MAX_TENSOR_IMAGES": 1024,
     # Requests per worker waiting for the compute slot; a prediction that finds this many is
-    # answered 503 with Retry-After at once (server/api.py), so the admitted ones keep a short
-    # wait under overload. 0: none waits.
+    # answered 503 with Retry-After at once (server/inference.py, server/worker.py), so the
+    # admitted ones keep a short wait under overload. 0: none waits.
     "MAX_QUEUED_REQUESTS": 32,
 }
 INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "MAX_TENSOR_IMAGES",
@@ -84,8 +85,12 @@ def create_app(config: Mapping | None = None) -> Flask:
     # answers 503 with the reason, so an orchestrator holds traffic back and the log says why.
     if not model.self_test():
         log.error("model %s is not ready: %s", model.path, model.self_test_error)
-    state.init_app(app, state.Serving(model=model, metrics=metrics.init_app(app),
-                                       max_queued=settings["MAX_QUEUED_REQUESTS"]))
+    app_metrics = metrics.init_app(app)
+    inference = Inference(app_metrics, compute_slots=state.COMPUTE_SLOTS,
+                          max_queued=settings["MAX_QUEUED_REQUESTS"],
+                          max_upload_bytes=settings["MAX_UPLOAD_BYTES"],
+                          max_pixels=settings["MAX_IMAGE_PIXELS"])
+    state.init_app(app, state.Serving(model=model, metrics=app_metrics, inference=inference))
     app.register_blueprint(api.bp)
     app.register_blueprint(v2.bp)
     register_error_handlers(app, imaging.ImageError)

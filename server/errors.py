@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from server.inference import Busy
 from server.state import get_serving
 
 
@@ -25,22 +26,6 @@ class ApiError(Exception):
         self.code = code
 
 
-class OverloadedError(Exception):
-    """More requests wait for this worker's compute slot than MAX_QUEUED_REQUESTS allows.
-
-    Not an ApiError: routes that turn a file's ApiError into a per-file answer (a batch) must
-    let this one through, since the whole request is refused.
-    """
-
-    status = 503
-    code = "overloaded"
-    #: Seconds a client should wait before sending again (the Retry-After header).
-    retry_after = 1
-
-    def __init__(self):
-        super().__init__(f"The server is busy; send the request again in {self.retry_after} s.")
-
-
 # Codes and messages for the statuses werkzeug raises itself (routing, body size, ...).
 HTTP_ERRORS = {
     400: ("bad_request", "The request could not be understood."),
@@ -54,8 +39,9 @@ HTTP_ERRORS = {
     503: ("not_ready", "The service is not ready."),
 }
 
-#: HTTP statuses of the domain errors' codes (the imaging package knows nothing of HTTP).
+#: HTTP statuses of the domain errors' codes (imaging and the inference service know no HTTP).
 DOMAIN_STATUSES = {
+    "empty_image": 400,
     "invalid_image": 400,
     "unsupported_format": 415,
     "image_too_large": 413,
@@ -95,14 +81,6 @@ def handle_api_error(exc):
     """ApiError and imaging's ImageError: status (mapped from the code), code and message."""
     _count_rejection(exc.code)
     return error_response(status_of(exc), exc.code, str(exc))
-
-
-def handle_overloaded(exc: OverloadedError):
-    """Shed: 503 with Retry-After, counted as a rejection."""
-    get_serving().metrics.observe_rejection(exc.code)
-    response = error_response(exc.status, exc.code, str(exc))
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response
 
 
 def _read_timed_out(exc: HTTPException) -> bool:
@@ -156,11 +134,19 @@ def handle_unexpected(exc: Exception):
     return error_response(500, *HTTP_ERRORS[500])
 
 
+def handle_busy(exc: Busy):
+    """Shed (server.inference.ComputeSlots): 503 with Retry-After, counted as a rejection."""
+    get_serving().metrics.observe_rejection(exc.code)
+    response = error_response(503, exc.code, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def register_error_handlers(app: Flask, *domain_errors: type[Exception]) -> None:
     """JSON for every error: ``domain_errors`` (a .code; status from DOMAIN_STATUSES), ApiError
     as raised, the rest mapped."""
     for cls in (ApiError, *domain_errors):
         app.register_error_handler(cls, handle_api_error)
-    app.register_error_handler(OverloadedError, handle_overloaded)
+    app.register_error_handler(Busy, handle_busy)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

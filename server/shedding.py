@@ -15,7 +15,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from server.errors import OverloadedError, error_body
+from server.errors import error_body
+from server.inference import Busy
 
 #: The routes that predict; everything else (health, metadata, metrics) is never shed.
 PREDICTING = re.compile(rb"^/(?:predict(?:/batch|/number)?|v2/models/[^/?]+"
@@ -60,12 +61,12 @@ def simple_request(data: bytes) -> SimpleRequest | None:
 
 def overloaded_response(request: SimpleRequest) -> bytes:
     """The 503 the app's own refusal would give: the V2 protocol's error or the envelope."""
-    message = str(OverloadedError())
+    message = str(Busy())
     body = ({"error": message} if request.target.startswith("/v2/")
-            else error_body(OverloadedError.code, message))
+            else error_body(Busy.code, message))
     payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
     head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nRetry-After: {OverloadedError.retry_after}\r\n"
+            f"Content-Length: {len(payload)}\r\nRetry-After: {Busy.retry_after}\r\n"
             f"X-Content-Type-Options: nosniff\r\n"
             f"Connection: {'keep-alive' if request.keep_alive else 'close'}\r\n\r\n")
     return head.encode("latin-1") + payload

@@ -7,54 +7,19 @@ the accessor never cycles through ``server.app`` (or ``server.errors``, which ma
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from server.inference import Inference
 from server.metrics import Metrics
 from server.model import LoadedModel
 
 EXTENSION = "digitgrad"
-#: Uploads decoded or forward passes run at once in one worker process. One: the GIL runs one
-#: thread's Python at a time anyway, and every numpy call that releases it hands it to another
-#: runnable thread. Measured (8 threads predicting a 28x28 digit with the CNN): 23 context
-#: switches and 300 us of system time per forward pass, CPU per prediction 2.2x that of one
-#: thread; with one thread computing at a time, the same as one thread. It also bounds memory:
-#: one image decoded per worker (up to the pixel limit's worth). Threads stay many, so slow
-#: clients only wait (gunicorn.conf.py); run one worker per core for parallelism.
+#: Requests of one worker process that decode uploads or run the model at once. One: threads
+#: computing at once trade the GIL and cost more CPU per prediction than threads taking turns,
+#: and one bounds decoding memory per worker (docs/serving.md; measured in docs/benchmarks.md).
 COMPUTE_SLOTS = 1
-
-class FairSlots:
-    """``n`` slots handed to waiting threads in the order they asked (a context manager).
-
-    threading.Semaphore lets a thread that just arrived take a slot before the one woken for
-    it, which then queues again at the back: under load some requests waited seconds while
-    others passed them. Here a released slot goes straight to the longest waiting thread.
-    """
-
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._lock = threading.Lock()
-        self._waiting: deque[threading.Lock] = deque()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._free and not self._waiting:
-                self._free -= 1
-                return
-            turn = threading.Lock()
-            turn.acquire()
-            self._waiting.append(turn)
-        turn.acquire()  # released by __exit__ when this thread's turn comes: the slot is ours
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            if self._waiting:
-                self._waiting.popleft().release()  # handed over, still taken
-            else:
-                self._free += 1
 
 
 @dataclass
@@ -63,20 +28,10 @@ class Serving:
 
     model: LoadedModel
     metrics: Metrics
+    inference: Inference
     #: The last refused reload ({"file": ..., "error": ...}), reported by /readyz; None after
     #: a successful one.
     reload_error: dict | None = None
-    #: Held while an upload is decoded or a forward pass runs (``server.api.compute_slot``).
-    compute_slots: FairSlots = field(default_factory=lambda: FairSlots(COMPUTE_SLOTS))
-    #: Requests waiting for a compute slot beyond these are refused (503) rather than queued.
-    max_queued: int = 32
-    #: Requests holding or waiting for a compute slot (``server.api.compute_slot``).
-    in_line: int = 0
-    line_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def line_full(self) -> bool:
-        """Whether a request asking for a compute slot now would be refused."""
-        return self.in_line >= COMPUTE_SLOTS + self.max_queued
 
 
 def init_app(app: Flask, serving: Serving) -> None:

@@ -11,24 +11,24 @@ Both answer ``probabilities`` FP32 [-1, 10] and ``digit`` INT64 [-1]. Tensor dat
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
 Every count and size is checked before any image is decoded or any product computed: a
 ``pixels`` body is bounded by the bytes MAX_TENSOR_IMAGES images can take (JSON or binary)
-before it is read, parsed by orjson (no Python recursion; nesting deeper than 1,024 is an
-error), and run through the model in chunks of PREDICT_CHUNK images, so that memory is bounded
-by the chunk whatever the batch.
+before it is read, its JSON's arrays and values counted before it is parsed, then parsed by
+orjson (no Python recursion; nesting deeper than 1,024 is an error); the model runs over it
+in chunks (server/inference.py), so memory is bounded by the chunk whatever the batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from models import digitgrad_version
 from server import imaging
-from server.api import check_streamed_body, predict_images, upload_to_mnist
-from server.errors import ApiError, OverloadedError
+from server.bodies import allow_batch_body, check_streamed_body
+from server.inference import Busy
 from server.model import LoadedModel
 from server.state import get_serving
 
@@ -38,15 +38,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 SIDE = 28
 #: Bytes before each element of a binary BYTES tensor: its length, uint32 little-endian.
 LENGTH_PREFIX = 4
-#: Bytes one pixel may take as JSON: the 20 characters of the longest float repr a client
-#: typically sends for k / 255 (0.0039215686274509803), a separator, nesting brackets.
-JSON_BYTES_PER_PIXEL = 24
-#: Room for the rest of a request: names, shape, parameters, id, binary framing.
-REQUEST_OVERHEAD = 64 * 1024
-#: Images per forward pass of a large pixels batch: the activations of a chunk are what a
-#: request holds at once (the CNN's first layer: 64 x 32 x 28 x 28 float32, 6.4 MB), and the
-#: compute slot is taken per chunk, so other requests get their turn between chunks.
-PREDICT_CHUNK = 64
+#: Bytes one 28x28 image's pixels may take as JSON: 24 a pixel, the 20 characters of the
+#: longest float repr a client typically sends for k / 255 (0.0039215686274509803), a
+#: separator, nesting brackets.
+IMAGE_JSON_BYTES = SIDE * SIDE * 24
 
 
 class V2Error(Exception):
@@ -87,13 +82,6 @@ MODEL_NAMES = " and ".join(f'"{name}"' for name in MODELS)
 OUTPUT_NAMES = " and ".join(f'"{name}"' for name in OUTPUTS)
 
 
-def _server_version() -> str:
-    try:
-        return metadata.version("digitgrad")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -110,11 +98,11 @@ def _v2_error(exc: V2Error) -> Response:
     return _error(exc.status, str(exc))
 
 
-@bp.errorhandler(OverloadedError)
-def _overloaded(exc: OverloadedError) -> Response:
-    """Shed (server.api.compute_slot): 503 and Retry-After, counted as a rejection."""
+@bp.errorhandler(Busy)
+def _busy(exc: Busy) -> Response:
+    """Shed (server.inference.ComputeSlots): 503 and Retry-After, counted as a rejection."""
     get_serving().metrics.observe_rejection(exc.code)
-    response = _error(exc.status, str(exc))
+    response = _error(503, str(exc))
     response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
@@ -143,7 +131,7 @@ def _http_error(exc: HTTPException) -> Response:
 @bp.get("")
 def server_metadata():
     """Server metadata: name, version, and the binary tensor data extension."""
-    return jsonify({"name": "digitgrad", "version": _server_version(),
+    return jsonify({"name": "digitgrad", "version": digitgrad_version(),
                     "extensions": ["binary_tensor_data"]})
 
 
@@ -212,37 +200,30 @@ def infer(name: str, version: str | None = None):
     if spec is IMAGE:
         # Up to max_batch image files of max_bytes each, as for /predict/batch.
         max_batch = config["MAX_BATCH_FILES"]
-        request.max_content_length = max_batch * (max_bytes + LENGTH_PREFIX) + REQUEST_OVERHEAD
+        allow_batch_body(max_batch, max_bytes + LENGTH_PREFIX)
     else:
         # Pixels cost by their count, not by a file's worst case: up to MAX_TENSOR_IMAGES,
         # the body no larger than they can take as JSON, refused before it is read.
         max_batch = config["MAX_TENSOR_IMAGES"]
-        request.max_content_length = pixels_body_limit(max_batch)
-    metrics = get_serving().metrics
-    with metrics.stage("decode"):
+        allow_batch_body(max_batch, IMAGE_JSON_BYTES)
+    serving = get_serving()
+    with serving.metrics.stage("decode"):
         body = request.get_data(cache=False)
         check_streamed_body()
         query, binary = _split_body(body, request.headers.get(HEADER_LENGTH),
                                     max_batch if spec is PIXELS else None)
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
-    with metrics.stage("preprocess"):
-        images = _pixels(data) if spec is PIXELS else _images(data)
-    with metrics.stage("inference"):
-        probabilities = np.concatenate([predict_images(model, images[i:i + PREDICT_CHUNK])
-                                        for i in range(0, len(images), PREDICT_CHUNK)])
-    with metrics.stage("encode"):
-        digits = probabilities.argmax(axis=1)
-        for digit in digits:
-            metrics.observe_prediction(int(digit))
-        tensors = {"probabilities": probabilities, "digit": digits}
-        response = _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
-    return response
-
-
-def pixels_body_limit(max_images: int) -> int:
-    """The largest body a ``pixels`` request of up to ``max_images`` images may have."""
-    return max_images * SIDE * SIDE * JSON_BYTES_PER_PIXEL + REQUEST_OVERHEAD
+    if spec is PIXELS:
+        with serving.metrics.stage("preprocess"):
+            pixels = _pixels(data)
+        predictions = serving.inference.predict_pixels(model, pixels)
+    else:
+        predictions = serving.inference.predict_files(model, data, refused=_refuse_image)
+    with serving.metrics.stage("encode"):
+        tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
+                   "digit": [p.digit for p in predictions]}
+        return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
 
 
 def _split_body(body: bytes, header_length: str | None,
@@ -413,15 +394,9 @@ def _pixels(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _images(elements: list[bytes]) -> np.ndarray:
-    """Each image file through /predict's pipeline; the first refused one fails the request."""
-    images = []
-    for index, element in enumerate(elements):
-        try:
-            images.append(upload_to_mnist(element))
-        except (ApiError, imaging.ImageError) as exc:
-            raise V2Error(400, f"Image {index}: {exc}", exc.code) from exc
-    return np.stack(images)
+def _refuse_image(index: int, error: imaging.ImageError) -> None:
+    """The first image file that /predict's pipeline refuses fails the request."""
+    raise V2Error(400, f"Image {index}: {error}", error.code) from error
 
 
 def _infer_response(model_name: str, version: str, request_id: str | None,

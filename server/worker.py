@@ -35,8 +35,8 @@ from multiprocessing.sharedctypes import RawArray
 from gunicorn.workers.gthread import ThreadWorker
 
 from server import shedding
-from server.errors import OverloadedError
-from server.state import COMPUTE_SLOTS, get_serving
+from server.inference import Busy
+from server.state import get_serving
 
 #: Board entries; a worker writes the one at its age modulo SLOTS. Spawns are numbered in
 #: order, so two live workers share an entry only after SLOTS spawns within one's lifetime.
@@ -106,9 +106,8 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _shed_limit(self) -> float:
         if self._shed_at is None:
-            try:  # the app's setting; an app that is not ours is never shed here
-                queued = get_serving(self.wsgi).max_queued
-                self._shed_at = queued + COMPUTE_SLOTS
+            try:  # the app's compute slots and their line; an app not ours is never shed here
+                self._shed_at = get_serving(self.wsgi).inference.slots.capacity
             except (AttributeError, KeyError, RuntimeError):
                 self._shed_at = float("inf")
         return self._shed_at
@@ -132,7 +131,7 @@ class BalancedThreadWorker(ThreadWorker):
             sent = True
         except OSError:
             sent = False
-        get_serving(self.wsgi).metrics.observe_rejection(OverloadedError.code)
+        get_serving(self.wsgi).metrics.observe_rejection(Busy.code)
         self.log.access(_Shed(len(answer)), _Shed(0), {
             "REMOTE_ADDR": conn.client[0] if isinstance(conn.client, tuple) else "-",
             "REQUEST_METHOD": request.method, "RAW_URI": request.target,

@@ -9,8 +9,8 @@ import runpy
 import pytest
 from gunicorn import glogging
 from gunicorn.config import Config
-from serving import REPO
 
+from bench.servers import REPO
 from server.access_log import AccessLogger
 
 

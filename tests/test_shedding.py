@@ -121,9 +121,9 @@ def test_compute_slots_go_to_the_threads_in_the_order_they_asked():
     import threading
     import time
 
-    from server.state import FairSlots
+    from server.inference import ComputeSlots
 
-    slots, order = FairSlots(1), []
+    slots, order = ComputeSlots(1, max_waiting=5), []
 
     def work(i: int) -> None:
         with slots:

@@ -12,28 +12,22 @@ import pytest
 from drawing import digit_png
 from test_api import blank_png, scrape
 
-from server import api, create_app, v2
-from server.errors import OverloadedError
+from server import v2
+from server.bodies import FRAMING_BYTES
+from server.inference import PREDICT_CHUNK, Busy
 from server.model import LoadedModel
 from server.state import get_serving
+
+MAX_TENSOR_IMAGES = 4
 
 TOKEN = "do-not-echo-7f3a"
 SECRET = f"<script>{TOKEN}</script>"
 
 
-MAX_TENSOR_IMAGES = 4
-
-
 @pytest.fixture
-def app(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 4,
-                       "MAX_TENSOR_IMAGES": MAX_TENSOR_IMAGES,
-                       "MAX_UPLOAD_BYTES": 60_000})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+def app(make_app):
+    return make_app(MAX_BATCH_FILES=4, MAX_UPLOAD_BYTES=60_000,
+                    MAX_TENSOR_IMAGES=MAX_TENSOR_IMAGES)
 
 
 @pytest.fixture
@@ -245,7 +239,7 @@ def test_image_limits_are_checked_before_any_decoding(client, app, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("decoded an image of a request that must be refused first")
 
-    monkeypatch.setattr(v2, "upload_to_mnist", never)
+    monkeypatch.setattr(get_serving(app).inference, "transform", never)
     too_big = b"\x89PNG" + bytes(60_001)
     assert "limit of 60000 bytes" in assert_v2_error(
         infer(client, *image_request([digit_png(), too_big]), model="digitgrad-image"), 400)
@@ -344,7 +338,7 @@ def test_malformed_binary_bytes_are_400(client, payload):
 def test_body_over_the_limit_is_413_before_parsing(client, monkeypatch):
     # pixels: the bytes MAX_TENSOR_IMAGES images may take as JSON, not one upload's limit
     monkeypatch.setattr(v2, "_split_body", lambda *a: pytest.fail("parsed an oversized body"))
-    limit = v2.pixels_body_limit(MAX_TENSOR_IMAGES)
+    limit = MAX_TENSOR_IMAGES * v2.IMAGE_JSON_BYTES + FRAMING_BYTES
     assert limit == 4 * 784 * 24 + 64 * 1024
     message = assert_v2_error(infer(client, b"{" + b" " * limit + b"}"), 413)
     assert f"{limit} bytes" in message
@@ -384,9 +378,9 @@ def test_metrics_count_v2_routes_by_template_and_time_each_stage(client):
 # --- batches by cost, JSON bounds, overload -------------------------------------------------
 
 
-def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(tiny_model_path,
+def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(make_app,
                                                                           monkeypatch):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_TENSOR_IMAGES": 1024})
+    app = make_app(MAX_TENSOR_IMAGES=1024)
     model = get_serving(app).model
     sizes = []
     predict = LoadedModel.predict
@@ -398,7 +392,7 @@ def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(tiny_mo
                          "parameters": {"binary_data_size": images.nbytes}}]}
     response = infer(app.test_client(), *binary_request(query, images.tobytes()))
     assert response.status_code == 200, response.get_data()
-    assert sizes == [v2.PREDICT_CHUNK] * (1024 // v2.PREDICT_CHUNK)
+    assert sizes == [PREDICT_CHUNK] * (1024 // PREDICT_CHUNK)
     outputs = {o["name"]: o for o in split_response(response)[0]["outputs"]}
     assert outputs["digit"]["data"] == predict(model, images).argmax(axis=1).tolist()
     query["inputs"][0]["shape"][0] = 1025
@@ -422,12 +416,12 @@ def test_a_lone_surrogate_is_400(client):
     assert_v2_error(infer(client, body, model="digitgrad-image"), 400)
 
 
-def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_QUEUED_REQUESTS": 0})
+def test_beyond_the_queue_requests_are_shed_with_503_and_counted(make_app):
+    app = make_app(MAX_QUEUED_REQUESTS=0)
     client = app.test_client()
-    serving = get_serving(app)
-    serving.in_line = 1  # a request holds the worker's one compute slot; none may wait
-    try:
+    slots = get_serving(app).inference.slots
+    with slots:  # a request holds the worker's one compute slot; none may wait
+        assert slots.full()
         # refused before the body is read
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(v2, "_split_body", lambda *a: pytest.fail("read a shed request"))
@@ -437,16 +431,11 @@ def test_beyond_the_queue_requests_are_shed_with_503_and_counted(tiny_model_path
         response = client.post("/predict", data=digit_png(), content_type="image/png")
         assert response.status_code == 503 and response.headers["Retry-After"] == "1"
         assert response.get_json()["error"]["code"] == "overloaded"
-    finally:
-        serving.in_line = 0
+        with pytest.raises(Busy), slots:  # the slot's own check, as when the line filled
+            pass                          # after the early one
+    assert not slots.full()  # every request that took its place in line left it
     assert infer(client, pixels_request(strokes(1))).status_code == 200
-    assert serving.in_line == 0  # every request that took its place in line left it
     assert scrape(client)['digitgrad_rejections_total{reason="overloaded"}'] == 2
-    with app.app_context():  # the slot's own check, when the line filled after the early one
-        serving.in_line = 1
-        with pytest.raises(OverloadedError), api.compute_slot():
-            pass
-        assert serving.in_line == 1
 
 
 @pytest.mark.parametrize("filler", [b"[],", b"1.5,"])
@@ -455,7 +444,7 @@ def test_json_of_more_values_than_the_images_need_is_refused_unparsed(client, mo
     # within the body limit, but parsed it would take 10-20 times its size in memory
     count = MAX_TENSOR_IMAGES * 784 + 100
     body = b'{"inputs": [{"data": [' + filler * count + b"0]}]}"
-    assert len(body) < v2.pixels_body_limit(MAX_TENSOR_IMAGES)
+    assert len(body) < MAX_TENSOR_IMAGES * v2.IMAGE_JSON_BYTES + FRAMING_BYTES
     with monkeypatch.context() as patch:
         patch.setattr(v2.orjson, "loads", lambda *a: pytest.fail("parsed a bomb"))
         response = infer(client, body)

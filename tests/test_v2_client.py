@@ -12,6 +12,7 @@ from serving import request, running_gunicorn
 
 from models import DeepNetwork, preprocessing_config, save
 from server import v2
+from server.bodies import FRAMING_BYTES
 from server.model import LoadedModel
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -40,10 +41,11 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def client(server):
+def triton(server):
+    """tritonclient's HTTP client of the module's server."""
     base, _ = server
-    with httpclient.InferenceServerClient(base.removeprefix("http://")) as triton:
-        yield triton
+    with httpclient.InferenceServerClient(base.removeprefix("http://")) as client:
+        yield client
 
 
 def strokes(n: int) -> np.ndarray:
@@ -76,30 +78,30 @@ def refused(call) -> tuple[str, str]:
     return info.value.status(), info.value.message()
 
 
-def test_health_and_metadata(client, server):
+def test_health_and_metadata(triton, server):
     _, model = server
-    assert client.is_server_live() and client.is_server_ready()
-    meta = client.get_server_metadata()
+    assert triton.is_server_live() and triton.is_server_ready()
+    meta = triton.get_server_metadata()
     assert meta["name"] == "digitgrad" and "binary_tensor_data" in meta["extensions"]
     for name, tensor in [("digitgrad", ("pixels", "FP32", [-1, 28, 28])),
                          ("digitgrad-image", ("image", "BYTES", [-1]))]:
-        assert client.is_model_ready(name) and client.is_model_ready(name, model.model_id)
-        meta = client.get_model_metadata(name, model.model_id)
+        assert triton.is_model_ready(name) and triton.is_model_ready(name, model.model_id)
+        meta = triton.get_model_metadata(name, model.model_id)
         assert meta["versions"] == [model.model_id]
         inputs = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
         assert inputs == [tensor]
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
             ("probabilities", "FP32"), ("digit", "INT64")]
-    assert not client.is_model_ready("mnist")
-    assert not client.is_model_ready("digitgrad", "0123456789ab")
-    assert refused(lambda: client.get_model_metadata("mnist"))[0] == "404"
+    assert not triton.is_model_ready("mnist")
+    assert not triton.is_model_ready("digitgrad", "0123456789ab")
+    assert refused(lambda: triton.get_model_metadata("mnist"))[0] == "404"
 
 
 @pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (False, True)])
-def test_pixels_json_and_binary_match_the_model(client, server, binary_in, binary_out):
+def test_pixels_json_and_binary_match_the_model(triton, server, binary_in, binary_out):
     _, model = server
     images = strokes(3)
-    result = client.infer("digitgrad", [pixels_input(images, binary_in)],
+    result = triton.infer("digitgrad", [pixels_input(images, binary_in)],
                           outputs=outputs("probabilities", "digit", binary=binary_out),
                           request_id="req-7")
     response = result.get_response()
@@ -110,24 +112,24 @@ def test_pixels_json_and_binary_match_the_model(client, server, binary_in, binar
     assert result.as_numpy("digit").dtype == np.int64
 
 
-def test_output_subset_and_default_binary_outputs(client, server):
+def test_output_subset_and_default_binary_outputs(triton, server):
     _, model = server
     images = strokes(2)
-    only = client.infer("digitgrad", [pixels_input(images, True)],
+    only = triton.infer("digitgrad", [pixels_input(images, True)],
                         outputs=outputs("digit", binary=False))
     assert [o["name"] for o in only.get_response()["outputs"]] == ["digit"]
     assert only.as_numpy("probabilities") is None
     # No outputs named: tritonclient asks for all of them as binary (binary_data_output).
-    every = client.infer("digitgrad", [pixels_input(images, False)])
+    every = triton.infer("digitgrad", [pixels_input(images, False)])
     assert all("binary_data_size" in o["parameters"] for o in every.get_response()["outputs"])
     np.testing.assert_allclose(every.as_numpy("probabilities"), model.predict(images), atol=1e-6)
     assert "id" not in every.get_response()
 
 
-def test_image_files_match_predict(client, server):
+def test_image_files_match_predict(triton, server):
     base, _ = server
     files = [digit_png(), digit_png(80, "JPEG")]
-    result = client.infer("digitgrad-image", [images_input(files)],
+    result = triton.infer("digitgrad-image", [images_input(files)],
                           outputs=outputs("probabilities", "digit", binary=True))
     for row, digit, data in zip(result.as_numpy("probabilities"), result.as_numpy("digit"),
                                 files):
@@ -138,40 +140,41 @@ def test_image_files_match_predict(client, server):
         assert digit == single["digit"]
 
 
-def test_errors_reach_the_client_with_the_protocols_status(client, server):
+def test_errors_reach_the_client_with_the_protocols_status(triton, server):
     base, _ = server
     wrong_shape = httpclient.InferInput("pixels", [1, 784], "FP32")
     wrong_shape.set_data_from_numpy(np.zeros((1, 784), np.float32))
-    status, message = refused(lambda: client.infer("digitgrad", [wrong_shape]))
+    status, message = refused(lambda: triton.infer("digitgrad", [wrong_shape]))
     assert status == "400" and "[N, 28, 28]" in message
 
     wrong_type = httpclient.InferInput("pixels", [1, 28, 28], "FP64")
     wrong_type.set_data_from_numpy(np.zeros((1, 28, 28), np.float64))
-    assert refused(lambda: client.infer("digitgrad", [wrong_type]))[0] == "400"
+    assert refused(lambda: triton.infer("digitgrad", [wrong_type]))[0] == "400"
 
     out_of_range = pixels_input(strokes(1) * 255, binary=True)
-    assert refused(lambda: client.infer("digitgrad", [out_of_range]))[0] == "400"
+    assert refused(lambda: triton.infer("digitgrad", [out_of_range]))[0] == "400"
 
     too_many = pixels_input(strokes(1).repeat(MAX_TENSOR_IMAGES + 1, axis=0), binary=True)
-    status, message = refused(lambda: client.infer("digitgrad", [too_many]))
+    status, message = refused(lambda: triton.infer("digitgrad", [too_many]))
     assert status == "400" and f"1 to {MAX_TENSOR_IMAGES} images" in message
 
-    status, message = refused(lambda: client.infer(
+    status, message = refused(lambda: triton.infer(
         "digitgrad-image", [images_input([digit_png(), b"not an image"])]))
     assert status == "400" and message.startswith("Image 1: ")
 
-    assert refused(lambda: client.infer("mnist", [pixels_input(strokes(1), True)]))[0] == "404"
-    assert refused(lambda: client.infer("digitgrad", [pixels_input(strokes(1), True)],
+    assert refused(lambda: triton.infer("mnist", [pixels_input(strokes(1), True)]))[0] == "404"
+    assert refused(lambda: triton.infer("digitgrad", [pixels_input(strokes(1), True)],
                                         model_version="1"))[0] == "404"
 
     # A body longer than MAX_TENSOR_IMAGES images can take as JSON is refused before it is
     # parsed. (gunicorn then drops the connection rather than drain more than 64 KiB of an
     # unread body, so this goes last on this client's connection.)
     shape = (MAX_TENSOR_IMAGES, 28, 28)
-    assert client.infer("digitgrad", [pixels_input(np.zeros(shape, np.float32), True)])
+    assert triton.infer("digitgrad", [pixels_input(np.zeros(shape, np.float32), True)])
     big = pixels_input(np.full((16, 28, 28), 0.123456, np.float32), binary=False)
-    status, message = refused(lambda: client.infer("digitgrad", [big]))
-    assert status == "413" and str(v2.pixels_body_limit(MAX_TENSOR_IMAGES)) in message
+    status, message = refused(lambda: triton.infer("digitgrad", [big]))
+    limit = MAX_TENSOR_IMAGES * v2.IMAGE_JSON_BYTES + FRAMING_BYTES
+    assert status == "413" and str(limit) in message
 
     status, body = request(base + "/metrics")
     text = body.decode()

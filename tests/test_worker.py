@@ -5,26 +5,27 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from collections import Counter
 
-from serving import running_gunicorn
+from serving import request, running_gunicorn
 
 CONNECTIONS = 16
 
 
-def booted_workers(log) -> int:
-    return len(re.findall(r"Booting worker with pid", log.read_text()))
+def pids_that_answered(log) -> set[str]:
+    return set(re.findall(r'"GET /readyz HTTP/1.1" 200 .* <(\d+)>', log.read_text()))
 
 
 def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(tiny_model_path, tmp_path):
     log = tmp_path / "gunicorn.log"
     with running_gunicorn(tiny_model_path, log, GUNICORN_THREADS=None) as (base, _process):
         host, port = base.removeprefix("http://").split(":")
-        deadline = time.monotonic() + 30  # only stops a hung test
-        while booted_workers(log) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)  # both workers past their first turn of the event loop
+        # both workers in their event loops (and so on the board): each has answered
+        for _ in range(500):
+            if len(pids_that_answered(log)) == 2:
+                break
+            request(base + "/readyz")
+        assert len(pids_that_answered(log)) == 2
         # Opened all at once, as a client pool does; each then keeps its connection.
         connections = [socket.create_connection((host, int(port)), timeout=30)
                        for _ in range(CONNECTIONS)]
@@ -36,7 +37,13 @@ def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(tiny_model_
         finally:
             for conn in connections:
                 conn.close()
-    # The access log ends each line with the pid of the worker that answered.
-    served = Counter(re.findall(r'"GET /healthz HTTP/1.1" 200 .* <(\d+)>', log.read_text()))
+        # The access log ends each line with the pid of the worker that answered; a line is
+        # written just after its answer is sent.
+        for _ in range(500):
+            served = Counter(re.findall(r'"GET /healthz HTTP/1.1" 200 .* <(\d+)>',
+                                        log.read_text()))
+            if sum(served.values()) == CONNECTIONS:
+                break
+            request(base + "/readyz")
     assert sum(served.values()) == CONNECTIONS
     assert len(served) == 2 and max(served.values()) <= CONNECTIONS // 2 + 2, served
