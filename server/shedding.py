@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from server.errors import error_body
 from server.inference import Busy
 
-#: The routes that predict; everything else (health, metadata, metrics) is never shed.
+#: The routes that predict, as raw request paths (the event loop has no router): those of
+#: server.api.PREDICTING, which tests/test_shedding.py holds to the app's URL map. Everything
+#: else (health, metadata, metrics) is never shed.
 PREDICTING = re.compile(rb"^/(?:predict(?:/batch|/number)?|v2/models/[^/?]+"
                         rb"(?:/versions/[^/?]+)?/infer)(?:\?|$)")
 _HEADER = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")

@@ -141,3 +141,14 @@ def test_compute_slots_go_to_the_threads_in_the_order_they_asked():
     assert order == [0, 1, 2, 3, 4]
     with slots:  # free again, taken at once
         pass
+
+
+def test_the_event_loop_knows_the_same_prediction_routes_as_the_app(app):
+    from server.api import PREDICTING
+    from server.shedding import PREDICTING as PREDICTING_PATHS
+
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<[^>]+>", "x", rule.rule).encode()
+        predicting = "POST" in rule.methods and rule.endpoint in PREDICTING
+        assert bool(PREDICTING_PATHS.match(path)) == predicting, rule.rule
+    assert {rule.endpoint for rule in app.url_map.iter_rules()} >= PREDICTING
