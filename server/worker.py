@@ -12,11 +12,10 @@ at their connection limit). One listening socket stays: a per-worker SO_REUSEPOR
 spread connections by hash, but drops those queued on a worker that exits (reloads, restarts).
 
 A thread that has answered on a keep-alive connection also serves that client's next request
-itself when it arrives within NEXT_REQUEST_WAIT, no other connection waits for a thread and
-the worker is not busy (below),
-instead of handing the connection back to the event loop (a poller registration, a pipe write
-and a hand-off to another thread per request). At most REQUESTS_IN_A_ROW in a row, so that no
-client keeps a thread to itself.
+itself when it arrives within NEXT_REQUEST_WAIT, no other connection waits for a thread and the
+worker is not busy (below), instead of handing the connection back to the event loop (a poller
+registration, a pipe write and a hand-off to another thread per request). At most
+REQUESTS_IN_A_ROW in a row, so that no client keeps a thread to itself.
 
 When a worker already has as many requests in progress as may hold or wait for its compute slot
 (``MAX_QUEUED_REQUESTS + 1``), a keep-alive client's next prediction is answered 503 by the
