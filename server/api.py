@@ -10,7 +10,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from server import imaging
+from server import imaging, requestlog
 from server.errors import ApiError, error_body, error_response
 from server.model import LoadedModel
 from server.openapi import openapi_document
@@ -75,11 +75,13 @@ def ready_model() -> LoadedModel:
 def _prediction(probabilities: np.ndarray, model) -> dict:
     """The JSON of one prediction; ``label`` (the class name) when the model file names them."""
     digit = int(np.argmax(probabilities))
+    confidence = float(probabilities[digit])
     get_serving().metrics.observe_prediction(digit)
+    requestlog.record_prediction(digit, confidence)
     return {
         "digit": digit,
         **model.label(digit),
-        "confidence": float(probabilities[digit]),
+        "confidence": confidence,
         "probabilities": probabilities.tolist(),
         "model": model.model_id,
     }
@@ -182,6 +184,7 @@ def _read_number(model: LoadedModel, metrics, data: bytes) -> Response:
         for image, (_, box), p in zip(images, digits, probabilities):
             digit = int(np.argmax(p))
             metrics.observe_prediction(digit)
+            requestlog.record_prediction(digit, float(p[digit]))
             entry = {"digit": digit, **model.label(digit), "confidence": float(p[digit]),
                      "box": list(box)}
             if debug:

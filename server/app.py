@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask
 
 from models import ModelFileError
-from server import api, imaging, metrics, state, v2
+from server import api, imaging, metrics, requestlog, state, v2
 from server.errors import register_error_handlers
 from server.model import LoadedModel
 
@@ -71,6 +71,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     if not model.self_test():
         log.error("model %s is not ready: %s", model.path, model.self_test_error)
     state.init_app(app, state.Serving(model=model, metrics=metrics.init_app(app)))
+    requestlog.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(v2.bp)
     register_error_handlers(app, imaging.ImageError)

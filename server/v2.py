@@ -22,7 +22,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from server import imaging
+from server import imaging, requestlog
 from server.api import check_streamed_body, predict_images, upload_to_mnist
 from server.errors import ApiError
 from server.model import LoadedModel
@@ -204,8 +204,9 @@ def infer(name: str, version: str | None = None):
         probabilities = predict_images(model, images)
     with metrics.stage("encode"):
         digits = probabilities.argmax(axis=1)
-        for digit in digits:
+        for digit, p in zip(digits, probabilities):
             metrics.observe_prediction(int(digit))
+            requestlog.record_prediction(int(digit), float(p[digit]))
         tensors = {"probabilities": probabilities, "digit": digits}
         response = _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
     return response
