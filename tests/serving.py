@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def upload(png: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with the image as field "image", and its content type."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="digit.png"\r\nContent-Type: image/png\r\n\r\n').encode()
+    body += png + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def gunicorn_env(model: Path, metrics_dir: Path | None = None, **extra: str | None) -> dict:
