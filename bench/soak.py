@@ -25,9 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.deployment import Deployment, Load, percentile
-from tests.drawing import digit_png
-from tests.engines import buildkit_client
+from bench.deployment import Deployment, Load, buildkit_client, percentile
+from bench.loadgen import small_png
 
 #: A worker whose memory grows more than this from its first minute fails the soak.
 MAX_GROWTH = 0.10
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args=(deployment, args.sample, stop, samples), daemon=True)
         started = time.monotonic()
         sampler.start()
-        with Load(deployment.proxy, digit_png(28), args.clients, args.pause,
+        with Load(deployment.proxy, small_png(), args.clients, args.pause,
                   prefix="soak") as load:
             time.sleep(60 * args.minutes)
         stop.set()

@@ -5,13 +5,14 @@ CI=true, where the engine must run, they fail instead). Nothing here pulls an im
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
+
+from bench.deployment import buildkit_client
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -32,25 +33,6 @@ def base_image() -> str:
         if instruction["instruction"] == "FROM" and words[-1] == "base":
             return words[0]
     raise AssertionError("the Dockerfile has no `FROM <image> AS base`")
-
-
-def buildkit_client() -> str | None:
-    """The first `docker` on PATH that builds with BuildKit: one with the buildx plugin, or a
-    client older than 23 (DOCKER_BUILDKIT=1 selects the engine's own BuildKit). A newer client
-    without buildx falls back to the legacy builder, which cannot build this Dockerfile."""
-    for directory in dict.fromkeys(os.environ.get("PATH", "").split(os.pathsep)):
-        client = os.path.join(directory, "docker")
-        if not (directory and os.access(client, os.X_OK)):
-            continue
-        if subprocess.run([client, "buildx", "version"], capture_output=True,
-                          timeout=30).returncode == 0:
-            return client
-        version = subprocess.run([client, "version", "--format", "{{.Client.Version}}"],
-                                 capture_output=True, text=True, timeout=30).stdout
-        major = re.match(r"\d+", version)
-        if major and int(major.group()) < 23:
-            return client
-    return None
 
 
 @dataclass

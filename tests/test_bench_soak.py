@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from deployment import Answer
-
+from bench.deployment import Answer
 from bench.soak import report
 
 

@@ -29,7 +29,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deployment import (
+from drawing import digit_png
+from engines import REPO, base_image, connect, unavailable
+
+from bench.deployment import (
     BRIDGE_NETWORK,
     HOST_NETWORK,
     Deployment,
@@ -40,9 +43,8 @@ from deployment import (
     get,
     percentile,
 )
-from drawing import digit_png
-from engines import REPO, base_image, connect, unavailable
-from serving import OPENER, upload
+from bench.loadgen import upload
+from bench.servers import OPENER
 
 PNG = digit_png(28)
 HAPROXY_CFG = REPO / "docker" / "haproxy" / "haproxy.cfg"

@@ -45,7 +45,9 @@ from drawing import digit_png
 from engines import DOCKERFILE, REPO, Engine, base_image, connect
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from serving import free_port, upload
+
+from bench.loadgen import upload
+from bench.servers import free_port
 
 LOCK = REPO / "requirements.lock"
 HEALTHCHECK_SCRIPT = REPO / "docker" / "healthcheck.py"

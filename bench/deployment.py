@@ -1,6 +1,7 @@
-"""The compose deployment driven for tests/test_compose.py and bench/soak.py: one compose project
-(compose.yaml with compose.host.yaml, or with compose.override.yaml) on free loopback ports, its
-parts reached directly, and the HTTP load that goes through its proxy."""
+"""The compose deployment driven for the tests (tests/test_compose.py) and bench.soak: one
+compose project (compose.yaml with compose.host.yaml, or with compose.override.yaml) on free
+loopback ports, its parts reached directly, and HTTP load through its proxy that records every
+request's outcome (failures included, unlike bench.loadgen's throughput runs)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.serving import OPENER, free_port, upload
+from bench.loadgen import upload
+from bench.servers import OPENER, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HOST_NETWORK = ("compose.yaml", "compose.host.yaml")
@@ -30,6 +33,25 @@ BRIDGE_NETWORK = ("compose.yaml", "compose.override.yaml")
 #: The ports compose.host.yaml (and compose.override.yaml, the first three) read.
 PORTS = ("PROXY_PORT", "PROXY_STATS_PORT", "PROMETHEUS_PORT", "DIGITGRAD1_PORT",
          "DIGITGRAD2_PORT")
+
+
+def buildkit_client() -> str | None:
+    """The first `docker` on PATH that builds with BuildKit: one with the buildx plugin, or a
+    client older than 23 (DOCKER_BUILDKIT=1 selects the engine's own BuildKit). A newer client
+    without buildx falls back to the legacy builder, which cannot build the Dockerfile."""
+    for directory in dict.fromkeys(os.environ.get("PATH", "").split(os.pathsep)):
+        client = os.path.join(directory, "docker")
+        if not (directory and os.access(client, os.X_OK)):
+            continue
+        if subprocess.run([client, "buildx", "version"], capture_output=True,
+                          timeout=30).returncode == 0:
+            return client
+        version = subprocess.run([client, "version", "--format", "{{.Client.Version}}"],
+                                 capture_output=True, text=True, timeout=30).stdout
+        major = re.match(r"\d+", version)
+        if major and int(major.group()) < 23:
+            return client
+    return None
 
 
 def compose_command(docker: str) -> list[str]:
