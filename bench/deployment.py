@@ -6,8 +6,10 @@ request's outcome (failures included, unlike bench.loadgen's throughput runs).""
 from __future__ import annotations
 
 import csv
+import functools
 import http.client
 import io
+import itertools
 import json
 import math
 import os
@@ -113,8 +115,9 @@ class Deployment:
         (the build cache keeps their layers for the next run)."""
         self.compose("down", "--volumes", "--rmi", "local", "--timeout", "5", check=False)
 
-    @property
+    @functools.cached_property
     def replicas(self) -> list[str]:
+        """The replicas' service names (digitgrad1, digitgrad2), as compose reads the files."""
         services = self.compose("config", "--services").stdout.split()
         return sorted(s for s in services if s.startswith("digitgrad"))
 
@@ -236,7 +239,7 @@ class Load:
 
     def _client(self, client: int) -> None:
         connection = None
-        for n in range(sys.maxsize):
+        for n in itertools.count():
             if self._stop.is_set():
                 break
             request_id = f"{self.prefix}-{client}-{n}"
@@ -266,6 +269,7 @@ class Load:
 
 
 def failed(answers: list[Answer]) -> list[Answer]:
+    """The answers that were not a 200 (no answer at all included)."""
     return [a for a in answers if a.status != 200]
 
 
