@@ -224,7 +224,7 @@ def start_ours(name: str, tree: Path, model: Path, workers: int, workdir: Path) 
 def start_kserve(python: str, model: Path, workers: int, workdir: Path) -> Server:
     port = free_port()
     # KServe writes two latency lines per request besides its access line unless told not
-    # to; every server here logs one line per request at most (ours: the access log).
+    # to; every server here logs one line per request at most (ours: the JSON request log).
     command = [python, "-m", "bench.kserve_model", "--model", str(model),
                "--http_port", str(port), "--workers", str(workers),
                "--enable_latency_logging", "false"]

@@ -43,7 +43,7 @@ COMPONENTS = [
     ("numpy conversions and checks", r"_json_data|_pixels|_input_data|numpy/"),
     ("model forward", r"server/model\.py|autodiff/|models/"),
     ("imaging (decode, to 28x28)", r"server/imaging|PIL/"),
-    ("access log", r"logging/|glogging"),
+    ("request log", r"server/requestlog\.py|logging/|glogging"),
     ("werkzeug request/response", r"werkzeug/"),
     ("Flask dispatch, our routes", r"flask/|server/"),
     ("gunicorn HTTP parse and write", r"gunicorn/http/|gunicorn/util\.py"),

@@ -6,7 +6,7 @@ import base64
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from server import imaging
+from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
 from server.errors import ApiError, error_body, error_response
 from server.inference import Busy, Prediction
@@ -110,6 +110,7 @@ def predict():
     serving = get_serving()
     model, data = _ready_upload(serving)
     prediction = serving.inference.predict_file(model, data)
+    requestlog.record_predictions([prediction])
     with serving.metrics.stage("encode"):
         body = _prediction_json(prediction)
         if _debug_requested():
@@ -123,6 +124,7 @@ def predict_number():
     serving = get_serving()
     model, data = _ready_upload(serving)
     digits = serving.inference.predict_number(model, data)
+    requestlog.record_predictions(prediction for prediction, _box in digits)
     with serving.metrics.stage("encode"):
         debug = _debug_requested()
         entries = []
@@ -158,6 +160,7 @@ def predict_batch():
     results = serving.inference.predict_files(
         model, (upload.read() for upload in uploads),
         refused=lambda _index, error: serving.metrics.observe_rejection(error.code))
+    requestlog.record_predictions(results)
     with serving.metrics.stage("encode"):
         entries = [error_body(r.code, str(r)) if isinstance(r, imaging.ImageError)
                    else _prediction_json(r) for r in results]

@@ -26,7 +26,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from models import digitgrad_version
-from server import imaging
+from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
 from server.inference import Busy
 from server.model import LoadedModel
@@ -220,6 +220,7 @@ def infer(name: str, version: str | None = None):
         predictions = serving.inference.predict_pixels(model, pixels)
     else:
         predictions = serving.inference.predict_files(model, data, refused=_refuse_image)
+    requestlog.record_predictions(predictions)
     with serving.metrics.stage("encode"):
         tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
                    "digit": [p.digit for p in predictions]}

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import select
 import time
-from datetime import timedelta
 from multiprocessing.sharedctypes import RawArray
 
 from gunicorn.workers.gthread import ThreadWorker
 
-from server import shedding
+from server import requestlog, shedding
 from server.inference import Busy
 from server.state import get_serving
 
@@ -131,11 +130,7 @@ class BalancedThreadWorker(ThreadWorker):
         except OSError:
             sent = False
         get_serving(self.wsgi).metrics.observe_rejection(Busy.code)
-        self.log.access(_Shed(len(answer)), _Shed(0), {
-            "REMOTE_ADDR": conn.client[0] if isinstance(conn.client, tuple) else "-",
-            "REQUEST_METHOD": request.method, "RAW_URI": request.target,
-            "PATH_INFO": request.target.split("?", 1)[0], "SERVER_PROTOCOL": "HTTP/1.1"},
-            timedelta(0))
+        self._log_shed(request)
         self.keepalived_conns.remove(conn)
         if sent and request.keep_alive:
             conn.set_timeout()
@@ -145,6 +140,17 @@ class BalancedThreadWorker(ThreadWorker):
             self.nr_conns -= 1
             conn.close()
         return True
+
+    def _log_shed(self, request: shedding.SimpleRequest) -> None:
+        """The request log's line for a 503 from the event loop, routed as the app would."""
+        app = self.wsgi
+        try:
+            rule, _ = app.url_map.bind("localhost").match(
+                request.target.split("?", 1)[0], request.method, return_rule=True)
+            route = rule.rule
+        except Exception:  # a path the app would refuse itself; shedding.PREDICTING matched it
+            route = "unmatched"
+        requestlog.log_unrouted(request.method, route, 503, get_serving(app).model.model_id)
 
     def handle(self, conn):
         """Serve the connection's request, then its next ones while they come at once."""
@@ -178,12 +184,3 @@ class BalancedThreadWorker(ThreadWorker):
         hold = self._hold_until - time.monotonic()
         super().wait_for_and_dispatch_events(min(timeout, hold) if hold > 0 else timeout)
 
-
-class _Shed:
-    """What gunicorn's access log reads of a response (and of a request's headers)."""
-
-    status = "503"
-    headers: tuple = ()
-
-    def __init__(self, sent: int) -> None:
-        self.sent = sent

@@ -3,7 +3,7 @@ workers instead of landing on whichever accepted first."""
 
 from __future__ import annotations
 
-import re
+import json
 import socket
 from collections import Counter
 
@@ -12,8 +12,10 @@ from serving import request, running_gunicorn
 CONNECTIONS = 16
 
 
-def pids_that_answered(log) -> set[str]:
-    return set(re.findall(r'"GET /readyz HTTP/1.1" 200 .* <(\d+)>', log.read_text()))
+def served_by(log, route: str) -> Counter:
+    """How many requests of ``route`` each worker answered, from the JSON request log."""
+    lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return Counter(line["pid"] for line in lines if line["route"] == route)
 
 
 def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(tiny_model_path, tmp_path):
@@ -22,10 +24,10 @@ def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(tiny_model_
         host, port = base.removeprefix("http://").split(":")
         # both workers in their event loops (and so on the board): each has answered
         for _ in range(500):
-            if len(pids_that_answered(log)) == 2:
+            if len(served_by(log, "/readyz")) == 2:
                 break
             request(base + "/readyz")
-        assert len(pids_that_answered(log)) == 2
+        assert len(served_by(log, "/readyz")) == 2
         # Opened all at once, as a client pool does; each then keeps its connection.
         connections = [socket.create_connection((host, int(port)), timeout=30)
                        for _ in range(CONNECTIONS)]
@@ -37,11 +39,10 @@ def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(tiny_model_
         finally:
             for conn in connections:
                 conn.close()
-        # The access log ends each line with the pid of the worker that answered; a line is
-        # written just after its answer is sent.
+        # The request log names the pid of the worker that answered; a line is written just
+        # after its answer is sent.
         for _ in range(500):
-            served = Counter(re.findall(r'"GET /healthz HTTP/1.1" 200 .* <(\d+)>',
-                                        log.read_text()))
+            served = served_by(log, "/healthz")
             if sum(served.values()) == CONNECTIONS:
                 break
             request(base + "/readyz")
