@@ -36,7 +36,7 @@ from bench.servers import stop
 #: the first frame that matches any pattern names the component of the sample.
 COMPONENTS = [
     ("read deadline (pre_request)", r"pre_request|settimeout"),
-    ("compute slot and shedding", r"compute_slot|Semaphore"),
+    ("compute slot and shedding", r"compute_slot|Semaphore|ComputeSlots|shed_early"),
     ("metrics (prometheus_client)", r"prometheus_client|server/metrics\.py"),
     ("JSON decode", r"json/decoder|orjson.*loads|_split_body"),
     ("JSON encode", r"json/encoder|flask/json|_infer_response|OrjsonProvider"),
@@ -45,10 +45,11 @@ COMPONENTS = [
     ("imaging (decode, to 28x28)", r"server/imaging|PIL/"),
     ("request log", r"server/requestlog\.py|logging/|glogging"),
     ("werkzeug request/response", r"werkzeug/"),
-    ("Flask dispatch, our routes", r"flask/|server/"),
+    ("Flask dispatch, our routes", r"flask/|server/(?!worker\.py|shedding\.py)"),
     ("gunicorn HTTP parse and write", r"gunicorn/http/|gunicorn/util\.py"),
-    ("gunicorn worker loop and threads", r"gunicorn/|concurrent/futures|threading\.py|"
-                                         r"selectors\.py|queue\.py"),
+    ("gunicorn worker loop and threads", r"gunicorn/|server/worker\.py|server/shedding\.py|"
+                                         r"concurrent/futures|threading\.py|selectors\.py|"
+                                         r"queue\.py"),
 ]
 REQUESTS = {"json1": "V2 JSON 1 image, 16 conn", "binary1": "V2 binary 1 image",
             "png": "/predict 28x28 PNG, 16 conn"}
@@ -87,8 +88,8 @@ def profile(tree: Path, name: str, case, args: argparse.Namespace, workdir: Path
     cpu_ms = 1e3 * (sum(after.values()) - sum(before.values())) / max(row["requests"], 1)
     counts: collections.Counter = collections.Counter()
     for line in samples.read_text().splitlines():
-        if line.strip():
-            stack, count = line.rsplit(" ", 1)
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():  # (a process title with a line break splits its line)
             counts[component(stack)] += int(count)
     total = sum(counts.values()) or 1
     shares = {k: v / total for k, v in counts.items()}
