@@ -1,0 +1,111 @@
+"""What an explanation costs beyond its prediction, and how complete it is, by step count.
+
+On MNIST test digits and a real model file: the CPU time of the served prediction alone
+(``LoadedModel.predict``, batch 1, the forward-only path) against the same prediction followed
+by ``integrated_gradients`` at each step count, interleaved in one process (every round runs
+every contender on the same images, the order rotated each round), one BLAS thread
+(threadpoolctl, the bench extra), CPU time of the process (``time.process_time``). Every round
+is printed, then the median and the spread of the extra milliseconds per image. Then the
+completeness error, |Σ attributions - (logit - black's logit)|, over more digits, absolute and
+relative to the logit difference.
+
+    python bench/explain.py --model model.npz [--data-dir DIR] [--steps 16 32 64]
+                            [--rounds 15] [--images 50] [--completeness-images 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from models.explain import integrated_gradients  # noqa: E402
+from server.model import LoadedModel  # noqa: E402
+from trainer.data import load_mnist  # noqa: E402
+
+
+def contenders(model: LoadedModel, steps: list[int]) -> dict:
+    """name -> function of one image: the prediction alone, or followed by its explanation."""
+    def plain(image):
+        return model.predict(image[None])
+
+    def explained(n):
+        def run(image):
+            digit = int(model.predict(image[None])[0].argmax())
+            return integrated_gradients(model.module, image, model.preprocessing, digit, n)
+        return run
+
+    return {"predict": plain, **{f"+ explain {n}": explained(n) for n in steps}}
+
+
+def cost(model: LoadedModel, images: np.ndarray, steps: list[int], rounds: int) -> None:
+    runs = contenders(model, steps)
+    for run in runs.values():  # warm up: first calls allocate
+        run(images[0])
+    times = {name: [] for name in runs}
+    names = list(runs)
+    print(f"CPU ms per image, {len(images)} images per contender per round")
+    print("round  " + "  ".join(f"{n:>13}" for n in names))
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            started = time.process_time()
+            for image in images:
+                runs[name](image)
+            times[name].append(1e3 * (time.process_time() - started) / len(images))
+        print(f"{r + 1:>5}  " + "  ".join(f"{times[n][-1]:13.3f}" for n in names))
+    print("extra CPU ms per explained image (explained - predict, per round): median [min, max]")
+    for name in names[1:]:
+        extra = [e - p for e, p in zip(times[name], times["predict"])]
+        print(f"  {name:>13}: {statistics.median(extra):.3f} [{min(extra):.3f}, {max(extra):.3f}]"
+              f"   (predict alone: median {statistics.median(times['predict']):.3f})")
+
+
+def completeness(model: LoadedModel, images: np.ndarray, steps: list[int]) -> None:
+    print(f"completeness error over {len(images)} test digits (trapezoid rule, black baseline)")
+    print("steps   median |err|   p90 |err|   max |err|   median |err|/|Δ|   p90   max")
+    for n in steps:
+        errors, deltas = [], []
+        for image in images:
+            result = integrated_gradients(model.module, image, model.preprocessing, steps=n)
+            errors.append(abs(result.completeness_error))
+            deltas.append(abs(result.logit - result.baseline_logit))
+        e, rel = np.array(errors), 100 * np.array(errors) / np.array(deltas)
+        print(f"{n:>5}   {np.median(e):12.4f}   {np.percentile(e, 90):9.4f}   {e.max():9.4f}"
+              f"   {np.median(rel):15.2f}%   {np.percentile(rel, 90):4.2f}%   {rel.max():.2f}%")
+    print(f"|Δ| = |logit - black's logit|: median {np.median(deltas):.2f}, min {min(deltas):.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a model file (python -m trainer)")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"),
+                        help="the MNIST IDX files (default: $MNIST_DIR)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--images", type=int, default=50, help="timed images per round")
+    parser.add_argument("--completeness-images", type=int, default=500)
+    args = parser.parse_args(argv)
+    if not args.data_dir:
+        parser.error("pass --data-dir DIR (the MNIST files) or set MNIST_DIR")
+    model = LoadedModel(args.model)
+    test = load_mnist(args.data_dir, allow_download=False).test
+    images = test.images.astype(np.float32)
+    print(f"model {args.model} ({model.module!r}); one BLAS thread; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    with threadpool_limits(limits=1):
+        cost(model, images[: args.images], args.steps, args.rounds)
+        completeness(model, images[: args.completeness_images], args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
