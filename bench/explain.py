@@ -9,7 +9,7 @@ is printed, then the median and the spread of the extra milliseconds per image. 
 completeness error, |Σ attributions - (logit - black's logit)|, over more digits, absolute and
 relative to the logit difference.
 
-    python bench/explain.py --model model.npz [--data-dir DIR] [--steps 16 32 64]
+    python -m bench.explain --model model.npz [--data-dir DIR] [--steps 16 32 64]
                             [--rounds 15] [--images 50] [--completeness-images 500]
 """
 
@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from models.explain import integrated_gradients  # noqa: E402
-from server.model import LoadedModel  # noqa: E402
-from trainer.data import load_mnist  # noqa: E402
+from models.explain import integrated_gradients
+from server.model import LoadedModel
+from trainer.data import load_mnist
 
 
 def contenders(model: LoadedModel, steps: list[int]) -> dict:
