@@ -7,7 +7,9 @@ every contender on the same images, the order rotated each round), one BLAS thre
 (threadpoolctl, the bench extra), CPU time of the process (``time.process_time``). Every round
 is printed, then the median and the spread of the extra milliseconds per image. Then the
 completeness error, |Σ attributions - (logit - black's logit)|, over more digits, absolute and
-relative to the logit difference.
+relative to the logit difference. Last, each conv layer's input gradient alone (the backward
+an explanation runs) in blocks of ``autodiff.conv.DX_BLOCK`` against the training blocks
+(``BLOCK``), interleaved the same way.
 
     python -m bench.explain --model model.npz [--data-dir DIR] [--steps 16 32 64]
                             [--rounds 15] [--images 50] [--completeness-images 500]
@@ -23,7 +25,9 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from models.explain import integrated_gradients
+import autodiff.conv
+from autodiff import Conv2d
+from models.explain import DEFAULT_STEPS, integrated_gradients
 from server.model import LoadedModel
 from trainer.data import load_mnist
 
@@ -80,6 +84,34 @@ def completeness(model: LoadedModel, images: np.ndarray, steps: list[int]) -> No
     print(f"|Δ| = |logit - black's logit|: median {np.median(deltas):.2f}, min {min(deltas):.2f}")
 
 
+def conv_input_gradients(model: LoadedModel, rounds: int, batch: int) -> None:
+    """Conv2d.backward with needs (x only) for each conv layer of the model at ``batch``."""
+    if not hasattr(model.module, "convs"):
+        return  # an MLP
+    dx_block, cases, size = autodiff.conv.DX_BLOCK, [], model.module.image_size
+    for k, conv in enumerate(model.module.convs):
+        rng = np.random.default_rng(k)
+        weights = conv.W.value
+        x = rng.standard_normal((batch, weights.shape[1], size, size)).astype(np.float32)
+        out, saved = Conv2d.forward(x, weights, conv.b.value, 1, conv.padding)
+        g = out.copy(order="K")  # any gradient, in the memory order the next layer gives it
+        cases.append((f"conv {k} {tuple(x.shape[1:])}", saved, g))
+        size = (size + 2 * conv.padding - weights.shape[2] + 1) // model.module.pool
+    print(f"input gradient alone, CPU ms per call at batch {batch}: median of {rounds} rounds")
+    for name, saved, g in cases:
+        times = {"BLOCK": [], "DX_BLOCK": []}
+        for r in range(rounds):
+            for label in (["BLOCK", "DX_BLOCK"] if r % 2 == 0 else ["DX_BLOCK", "BLOCK"]):
+                autodiff.conv.DX_BLOCK = autodiff.conv.BLOCK if label == "BLOCK" else dx_block
+                started = time.process_time()
+                for _ in range(20):
+                    Conv2d.backward(saved, g, [True, False, False])
+                times[label].append(1e3 * (time.process_time() - started) / 20)
+        autodiff.conv.DX_BLOCK = dx_block
+        old, new = (statistics.median(times[k]) for k in ("BLOCK", "DX_BLOCK"))
+        print(f"  {name}: BLOCK {old:.3f}, DX_BLOCK {new:.3f} ({old / new:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model file (python -m trainer)")
@@ -100,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(limits=1):
         cost(model, images[: args.images], args.steps, args.rounds)
         completeness(model, images[: args.completeness_images], args.steps)
+        conv_input_gradients(model, args.rounds, DEFAULT_STEPS + 1)
     return 0
 
 
