@@ -14,7 +14,7 @@ shares between threads). Memory is that batch's activations, steps + 1 images. W
 its end points are the image and the baseline, so the same batch gives the two logits that
 completeness is checked against, and the prediction to explain. For a ReLU network the
 integrand is piecewise constant (it jumps where a unit switches), so any such rule errs by
-O(1/steps); the midpoint rule measured no better. Step counts, costs and errors:
+O(1/steps); the midpoint rule measured about as accurate. Step counts, costs and errors:
 docs/serving.md.
 
 The path is taken in pixel space and normalised as the model's inputs are; the attributions
