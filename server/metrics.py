@@ -75,7 +75,8 @@ class Metrics:
         self.stages = Histogram(
             "digitgrad_stage_duration_seconds",
             "Time in each stage of a prediction (decode: request body to inputs; preprocess: "
-            "inputs to 28x28 images; inference: the model; encode: the response body), by route.",
+            "inputs to 28x28 images; inference: the model; explain: attributions, when asked "
+            "for; encode: the response body), by route.",
             ["route", "stage"], buckets=STAGE_BUCKETS, registry=self.registry,
         )
         self._children: dict[tuple, object] = {}
