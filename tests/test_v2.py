@@ -113,7 +113,8 @@ def test_model_metadata_lists_the_real_tensors_and_the_model_id(client, model, n
             "name": name, "versions": [model.model_id], "platform": "digitgrad",
             "inputs": [tensor],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                        {"name": "digit", "datatype": "INT64", "shape": [-1]}],
+                        {"name": "digit", "datatype": "INT64", "shape": [-1]},
+                        {"name": "attributions", "datatype": "FP32", "shape": [-1, 28, 28]}],
         }
         ready = client.get(path + "/ready")
         assert ready.status_code == 200 and ready.get_json() == {"name": name, "ready": True}
@@ -456,3 +457,14 @@ def test_the_largest_nested_json_request_passes_the_shape_check(client):
     query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": list(images.shape),
                          "data": images.tolist()}]}  # one list per image and per row
     assert infer(client, query).status_code == 200
+
+
+def test_attributions_are_bounded_like_a_batch_of_files(make_app):
+    # pixels up to 8, files and attributions up to 4: an explanation costs many passes an image
+    client = make_app(MAX_TENSOR_IMAGES=8, MAX_BATCH_FILES=4).test_client()
+    images = np.concatenate([strokes(4), strokes(4)])
+    wanted = {"outputs": [{"name": "digit"}, {"name": "attributions"}]}
+    assert infer(client, pixels_request(images[:4], **wanted)).status_code == 200
+    assert infer(client, pixels_request(images)).status_code == 200
+    message = assert_v2_error(infer(client, pixels_request(images, **wanted)), 400)
+    assert "at most 4 images" in message
