@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
 from server.errors import ApiError, error_body, error_response
-from server.inference import Prediction
+from server.inference import Busy, Prediction
 from server.model import LoadedModel
 from server.openapi import openapi_document
 from server.state import Serving, get_serving
@@ -22,6 +22,19 @@ TRUE_FLAGS = frozenset({"1", "true", "yes", "on"})
 #: previews and the favicon, blob: for a chosen file shown on the canvas); no inline script.
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+#: The routes that predict: shed under overload (``shed_early``).
+PREDICTING = frozenset({"api.predict", "api.predict_batch", "api.predict_number", "v2.infer"})
+
+
+@bp.before_app_request
+def shed_early() -> None:
+    """A prediction arriving while its worker's compute slot has a full line is answered 503
+    before its body is read or parsed: shedding must cost less than serving, or an overloaded
+    worker spends its CPU refusing. (The slot checks again when it is asked for.)"""
+    if request.endpoint in PREDICTING and get_serving().inference.slots.full():
+        raise Busy()
 
 
 @bp.after_app_request

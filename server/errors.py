@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from server.inference import Busy
 from server.state import get_serving
 
 
@@ -133,10 +134,19 @@ def handle_unexpected(exc: Exception):
     return error_response(500, *HTTP_ERRORS[500])
 
 
+def handle_busy(exc: Busy):
+    """Shed (server.inference.ComputeSlots): 503 with Retry-After, counted as a rejection."""
+    get_serving().metrics.observe_rejection(exc.code)
+    response = error_response(503, exc.code, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def register_error_handlers(app: Flask, *domain_errors: type[Exception]) -> None:
     """JSON for every error: ``domain_errors`` (a .code; status from DOMAIN_STATUSES), ApiError
     as raised, the rest mapped."""
     for cls in (ApiError, *domain_errors):
         app.register_error_handler(cls, handle_api_error)
+    app.register_error_handler(Busy, handle_busy)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

@@ -29,7 +29,8 @@ def _errors(*statuses: int) -> dict:
         415: "Unsupported Content-Type or image format.",
         422: "No digit found: the image is blank or uniformly inked (or, for a number, more "
              "digits than allowed).",
-        503: "The model is not ready (see /readyz).",
+        503: "The model is not ready (see /readyz), or the server is busy (`overloaded`, with "
+             "Retry-After).",
     }
     return {str(s): _json("Error", reasons[s]) for s in statuses}
 
@@ -276,7 +277,8 @@ def _v2_errors(*statuses: int) -> dict:
         400: "Bad shape, datatype or data, a limit exceeded, or an image the pipeline refuses.",
         404: "No such model or version.",
         413: "The body is over the limit (checked before it is parsed).",
-        503: "The model is not ready (see /v2/health/ready).",
+        503: "The model is not ready (see /v2/health/ready), or the server is busy (with "
+             "Retry-After).",
     }
     return {str(s): _json("V2Error", reasons[s]) for s in statuses}
 
@@ -309,8 +311,9 @@ def _v2_paths(config: Mapping) -> dict:
                        "`probabilities` FP32 [N, 10] and `digit` INT64 [N], and, only when "
                        "named in `outputs`, `attributions` FP32 [N, 28, 28] (as "
                        "/predict?explain=1, unrounded). "
-                       f"N is 1 to {config['MAX_BATCH_FILES']}; at most "
-                       f"{config['MAX_UPLOAD_BYTES']} bytes per image file. Tensors as JSON "
+                       f"N is 1 to {config['MAX_TENSOR_IMAGES']} pixel images, or 1 to "
+                       f"{config['MAX_BATCH_FILES']} image files of at most "
+                       f"{config['MAX_UPLOAD_BYTES']} bytes each. Tensors as JSON "
                        "or binary (binary_data_size, binary_data, binary_data_output).",
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": _ref("V2InferenceRequest")},
