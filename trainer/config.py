@@ -26,6 +26,11 @@ DEFAULT_LR = {"cnn": 0.02, "mlp": 0.05}
 DEFAULT_AUGMENT = {"mnist": True, "fashion-mnist": False}
 #: Flagged 1s (trainer.flags) by data set: typed Helvetica-style 1s for digits; never clothes.
 DEFAULT_FLAG_ONES = {"mnist": True, "fashion-mnist": False}
+#: Generated training images by data set (trainer.synthetic): "not a digit" examples (which
+#: give the model its eleventh output and the file its decision, models.decision) and digits
+#: drawn with a pen; none for clothes.
+DEFAULT_NOT_DIGITS = {"mnist": 6000, "fashion-mnist": 0}
+DEFAULT_PEN_DIGITS = {"mnist": 3000, "fashion-mnist": 0}
 #: The CNN's layers by data set, by measurement (20 epochs, no augmentation): Fashion-MNIST's
 #: textures want more filters (8-16 with 120-84 dense: 90.77% test; 16-32 with 128: 91.45%),
 #: MNIST's 180 s budget wants fewer (see TrainConfig).
@@ -82,6 +87,8 @@ class TrainConfig:
     blur: bool = True
     lowres: bool = True
     flag_ones: bool | None = None  # None: the data set's own, DEFAULT_FLAG_ONES
+    not_digits: int | None = None  # None: the data set's own, DEFAULT_NOT_DIGITS
+    pen_digits: int | None = None  # None: the data set's own, DEFAULT_PEN_DIGITS
     patience: int = 0
     seed: int = 0
     train_size: int | None = None
@@ -102,6 +109,10 @@ class TrainConfig:
             self.augment = DEFAULT_AUGMENT[self.dataset]
         if self.flag_ones is None:
             self.flag_ones = DEFAULT_FLAG_ONES[self.dataset]
+        if self.not_digits is None:
+            self.not_digits = DEFAULT_NOT_DIGITS[self.dataset]
+        if self.pen_digits is None:
+            self.pen_digits = DEFAULT_PEN_DIGITS[self.dataset]
 
     def to_dict(self) -> dict:
         """JSON-able: tuples become lists."""
