@@ -236,8 +236,59 @@ def _texture(rng) -> np.ndarray:
     return fit_box(ink.astype(np.float32))
 
 
+def _box(yy, xx, top, bottom, left, right):
+    return (yy >= top) & (yy <= bottom) & (xx >= left) & (xx <= right)
+
+
+def _silhouette(rng) -> np.ndarray:
+    """A filled, shaded object photographed on a plain ground, as catalogue pictures of
+    clothes, bags and shoes are: shirts, trousers, dresses, bags, shoes, as unions of boxes."""
+    size = 48
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    kind = int(rng.integers(5))
+    w = rng.uniform(0.3, 0.45)
+    if kind == 0:  # a shirt or a coat: body and sleeves
+        sleeve = rng.uniform(0.3, 0.8)
+        inside = _box(yy, xx, 0.1, 0.95, 0.5 - w / 2, 0.5 + w / 2) | (
+            _box(yy, xx, 0.1, 0.1 + sleeve, 0.5 - w / 2 - 0.15, 0.5 + w / 2 + 0.15)
+            & (np.abs(xx - 0.5) - w / 2 < (yy - 0.05) * 0.6))
+    elif kind == 1:  # trousers: two legs
+        gap = rng.uniform(0.01, 0.06)
+        inside = _box(yy, xx, 0.02, 0.98, 0.5 - w / 2, 0.5 + w / 2) & ~(
+            _box(yy, xx, rng.uniform(0.2, 0.4), 1, 0.5 - gap, 0.5 + gap))
+    elif kind == 2:  # a dress: widening downwards
+        inside = (np.abs(xx - 0.5) < 0.1 + (yy * rng.uniform(0.2, 0.4))) & (yy > 0.03) & (
+            yy < 0.97)
+    elif kind == 3:  # a bag: a box and a handle
+        inside = _box(yy, xx, 0.35, 0.95, 0.05, 0.95) | (
+            (np.abs(np.hypot(yy - 0.35, xx - 0.5) - 0.2) < 0.04) & (yy < 0.35))
+    else:  # a shoe: a sole and a heel or an ankle
+        inside = _box(yy, xx, 0.55, 0.8, 0.02, 0.98) | _box(yy, xx, 0.25, 0.8, 0.02,
+                                                            rng.uniform(0.3, 0.55))
+    shade = 0.4 + 0.6 * _smooth_field(rng, size)
+    if rng.random() < 0.5:  # a print, stripes or a texture on the fabric
+        shade = shade * (0.6 + 0.4 * rng.random((size, size)) ** rng.uniform(0.3, 3))
+    ink = inside * shade * rng.uniform(0.5, 1.0)
+    if rng.random() < 0.5:
+        ink = ink[:, ::-1]
+    return fit_box(ink.astype(np.float32))
+
+
+def _serifs(shape: list, rng: np.random.Generator) -> list:
+    """Short strokes across the ends of the straight strokes of a letter, as a serif face has."""
+    length = rng.uniform(0.06, 0.14)
+    out = []
+    for stroke in shape:
+        if len(stroke) != 2:  # only the straight strokes
+            continue
+        direction = stroke[1] - stroke[0]
+        across = np.array([-direction[1], direction[0]]) / max(np.hypot(*direction), 1e-9)
+        out += [np.stack([end - length * across, end + length * across]) for end in stroke]
+    return out
+
+
 #: Kinds of "not a digit" and their shares of ``not_digits``.
-KINDS = {"symbols": 0.4, "doodles": 0.4, "textures": 0.2}
+KINDS = {"symbols": 0.35, "doodles": 0.3, "textures": 0.2, "objects": 0.15}
 
 
 def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None = None
@@ -251,17 +302,23 @@ def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None 
     drawn = np.flatnonzero(np.isin(kind, [names.index(k) for k in ("symbols", "doodles")
                                           if k in names]))
     symbols = list(SYMBOLS.values())
-    shapes = []
-    for i in drawn:
+    shapes, widths = [], []
+    for i, width in zip(drawn, _widths(len(drawn), rng)):
         if names[kind[i]] == "symbols":
             shape = symbols[int(rng.integers(len(symbols)))]
+            if rng.random() < 0.5:  # typeset: serifs, thick and thin strokes, no tremor
+                shape = shape + _serifs(shape, rng)
+                shapes.append(hand(shape, rng, tremor=0.0, rotation=8, wobble=0.005))
+                widths.append(width * rng.uniform(0.5, 1.3, len(shape)))
+                continue
         else:
             shape = DOODLES[int(rng.integers(len(DOODLES)))](rng)
         shapes.append(hand(shape, rng, tremor=rng.uniform(0.0, 0.8), rotation=20))
+        widths.append(width)
     if shapes:
-        out[drawn] = render(shapes, _widths(len(shapes), rng))
+        out[drawn] = render(shapes, widths)
     for i in np.setdiff1d(np.arange(n), drawn):
-        out[i] = _texture(rng)
+        out[i] = _texture(rng) if names[kind[i]] == "textures" else _silhouette(rng)
     return out, kind
 
 
