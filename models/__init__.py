@@ -7,6 +7,7 @@ from models.module import IncompatibleKeys, Module, ModuleList
 from models.networks import DeepNetwork, LinearNetwork, build
 from models.preprocessing import preprocessing_config, to_model_input
 from models.serialization import load, save
+from models.version import digitgrad_version
 
 __all__ = [
     "ConvNetwork",
@@ -18,6 +19,7 @@ __all__ = [
     "ModuleList",
     "atomic_write",
     "build",
+    "digitgrad_version",
     "glorot_init",
     "kaiming_init",
     "load",

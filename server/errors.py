@@ -38,8 +38,9 @@ HTTP_ERRORS = {
     503: ("not_ready", "The service is not ready."),
 }
 
-#: HTTP statuses of the domain errors' codes (the imaging package knows nothing of HTTP).
+#: HTTP statuses of the domain errors' codes (imaging and the inference service know no HTTP).
 DOMAIN_STATUSES = {
+    "empty_image": 400,
     "invalid_image": 400,
     "unsupported_format": 415,
     "image_too_large": 413,

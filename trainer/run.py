@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shlex
 import sys
 from datetime import datetime, timezone
 
 import numpy as np
 
-from models import preprocessing_config, save
+from models import digitgrad_version, preprocessing_config, save
 from models.decision import scores
 from trainer.calibrate import calibrate, calibration_set, logits_of
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
@@ -32,14 +31,6 @@ from trainer.report import (
 from trainer.synthetic import add_synthetic
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-def digitgrad_version() -> str:
-    """The installed package's version (from its metadata), or "unknown" in a bare checkout."""
-    try:
-        return importlib.metadata.version("digitgrad")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> TrainConfig:
