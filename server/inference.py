@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.decision import Scores
 from server import imaging
 from server.imaging.segment import Box
 from server.metrics import Metrics
@@ -32,9 +33,9 @@ class EmptyImage(imaging.ImageError):  # noqa: N818 - the API's names for the an
         super().__init__("The uploaded image is empty.")
 
 
-def _model_predict(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-    """The default ``forward``: the loaded model's own ``predict``."""
-    return model.predict(images)
+def _model_answer(model: LoadedModel, images: np.ndarray) -> Scores:
+    """The default ``forward``: the loaded model's own ``answer``."""
+    return model.answer(images)
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,15 @@ class Prediction:
     """
 
     image: np.ndarray  #: float32 (28, 28), the image the model saw
-    probabilities: np.ndarray  #: float64 (10,), summing to 1
+    #: float64 (10,): each digit's probability; they sum to ``digit_probability``
+    probabilities: np.ndarray
     digit: int
     label: str | None  #: the class name, when the model file names its classes
     model_id: str
+    #: the model file's decision (models.decision): is it a digit at all, and how sure;
+    #: a model without one calls everything a digit (probability 1)
+    is_digit: bool = True
+    digit_probability: float = 1.0
 
     @property
     def confidence(self) -> float:
@@ -65,8 +71,8 @@ class Inference:
 
     The work itself is three attributes, set at construction: ``transform`` (file -> 28x28,
     ``imaging.to_mnist``), ``transform_number`` (file -> one 28x28 and box per digit,
-    ``imaging.to_mnist_digits``) and ``forward`` ((model, images) -> probabilities (N, 10),
-    ``model.predict``). That is the service's seam: bench/floor_gunicorn.conf.py replaces
+    ``imaging.to_mnist_digits``) and ``forward`` ((model, images) -> ``models.decision.Scores``,
+    ``model.answer``). That is the service's seam: bench/floor_gunicorn.conf.py replaces
     them with constants to measure the service without its work. Nothing else should.
     """
 
@@ -75,7 +81,7 @@ class Inference:
                  transform: Callable[..., np.ndarray] = imaging.to_mnist,
                  transform_number: Callable[..., list[tuple[np.ndarray, Box]]]
                  = imaging.to_mnist_digits,
-                 forward: Callable[[LoadedModel, np.ndarray], np.ndarray] = _model_predict):
+                 forward: Callable[[LoadedModel, np.ndarray], Scores] = _model_answer):
         self.metrics = metrics
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -143,10 +149,12 @@ class Inference:
     def _predict(self, model: LoadedModel, images: np.ndarray) -> list[Prediction]:
         """The model on images (N, 28, 28): one Prediction each, its digit counted."""
         with self.metrics.stage("inference"):
-            probabilities = self.forward(model, images)
+            answers = self.forward(model, images)
         predictions = []
-        for image, p in zip(images, probabilities):
+        for image, p, is_digit, sure in zip(images, answers.probabilities, answers.is_digit,
+                                            answers.digit_probability):
             digit = int(np.argmax(p))
             self.metrics.observe_prediction(digit)
-            predictions.append(Prediction(image, p, digit, model.label(digit), model.model_id))
+            predictions.append(Prediction(image, p, digit, model.label(digit), model.model_id,
+                                          bool(is_digit), float(sure)))
         return predictions
