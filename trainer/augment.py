@@ -40,8 +40,6 @@ class AugmentConfig:
     # low-resolution scans: shrink to size x size (area average), enlarge back to 28x28
     lowres_probability: float = 0.15
     lowres_sizes: tuple[int, int] = (8, 16)  # inclusive range of the intermediate size
-    # of those, binarised: 1-bit scanners and faxes (issue 21: blocky scans of handwriting)
-    lowres_binary_probability: float = 0.5
     flip_probability: float = 0.0  # mirror left to right: clothes, never digits
 
     def without(self, *names: str) -> AugmentConfig:
@@ -149,23 +147,18 @@ def lowres_matrix(size: int, nearest: bool) -> np.ndarray:
 
 
 def lowres(images: np.ndarray, rng: np.random.Generator, probability: float,
-           sizes: tuple[int, int], binary_probability: float = 0.0) -> np.ndarray:
-    """Shrink a random subset of images to 8-16 px and enlarge them back (nearest or bilinear);
-    ``binary_probability`` of them binarised, as a 1-bit scanner or a fax leaves handwriting."""
+           sizes: tuple[int, int]) -> np.ndarray:
+    """Shrink a random subset of images to 8-16 px and enlarge them back (nearest or bilinear)."""
     n = len(images)
     chosen = rng.random(n) < probability
     size = rng.integers(sizes[0], sizes[1] + 1, n)
     nearest = rng.random(n) < 0.5
-    binary = chosen & (rng.random(n) < binary_probability)
-    level = rng.uniform(0.25, 0.5, n).astype(np.float32)
     if not chosen.any():
         return images
     maps = np.stack([lowres_matrix(int(s), bool(m)) for s, m in zip(size[chosen],
                                                                       nearest[chosen])])
     out = images.copy()
     out[chosen] = maps @ images[chosen] @ maps.transpose(0, 2, 1)
-    # after a nearest enlargement this is the binarised small scan, blown up
-    out[binary] = (out[binary] > level[binary, None, None]).astype(np.float32)
     return out
 
 
@@ -230,8 +223,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator,
     if cfg.thickness_probability > 0:
         out = thickness(out, rng, cfg.thickness_probability)
     if cfg.lowres_probability > 0:
-        out = lowres(out, rng, cfg.lowres_probability, cfg.lowres_sizes,
-                     cfg.lowres_binary_probability)
+        out = lowres(out, rng, cfg.lowres_probability, cfg.lowres_sizes)
     if cfg.blur_probability > 0:
         out = blur(out, rng, cfg.blur_probability, cfg.blur_sigma)
     if cfg.flip_probability > 0:
