@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,14 @@ LETTERS = "".join(c for c in string.ascii_letters if c not in LOOKALIKES + "ijsz
 SYMBOLS = "+=#@%&*<>?^~$€£¥§¶©®πΣΔΩλµ√∞≠±÷×"
 
 
+@dataclass
 class Upload:
-    """Encoded bytes, the digit (or -1: not a digit), and tags for the breakdowns."""
+    """One rendered upload: encoded bytes, the true digit (-1: not a digit), and what varied
+    (tags, for the breakdowns)."""
 
-    def __init__(self, data: bytes, label: int, tags: dict):
-        self.data, self.label, self.tags = data, label, tags
+    data: bytes
+    label: int
+    tags: dict
 
 
 def _encode(image: Image.Image, fmt: str, **params) -> bytes:

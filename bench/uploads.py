@@ -34,7 +34,6 @@ import os
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autodiff import no_grad  # noqa: E402
 from bench import corpora  # noqa: E402
+from bench.corpora import Upload  # noqa: E402
 from models import ModelFileError, load, to_model_input  # noqa: E402
 from models.decision import Decision, Scores, scores  # noqa: E402
 from server.imaging import (  # noqa: E402
@@ -61,15 +61,6 @@ FONT_DIRS = [Path("/usr/share/fonts/truetype") / name for name in
 # DejaVu's math font has no upright text digits of its own style worth testing separately
 EXCLUDED_FONTS = {"DejaVuMathTeXGyre.ttf"}
 RENDER_SIZE = 160  # font size of the master rendering, before scaling to the upload
-
-
-@dataclass
-class Upload:
-    """One rendered upload: encoded bytes, the true digit, and what varied (for breakdowns)."""
-
-    data: bytes
-    label: int
-    tags: dict
 
 
 def fonts() -> list[Path]:
@@ -397,7 +388,7 @@ def score(module, preprocessing: dict, images: np.ndarray, decision: Decision | 
 def evaluate_uploads(module, preprocessing: dict, uploads: list,
                      decision: Decision | None = None):
     """(predictions with -1 where to_mnist refused, seconds spent in to_mnist, the Scores of
-    every upload (to_mnist refusals as blank images, marked not a digit))."""
+    every upload (to_mnist refusals scored as blank images: look at the predictions))."""
     images = np.zeros((len(uploads), 28, 28), dtype=np.float32)
     refused = np.zeros(len(uploads), dtype=bool)
     start = time.perf_counter()
@@ -408,30 +399,33 @@ def evaluate_uploads(module, preprocessing: dict, uploads: list,
             refused[i] = True
     seconds = time.perf_counter() - start
     result = score(module, preprocessing, images, decision)
-    result.is_digit[refused] = False
     predicted = result.probabilities.argmax(axis=1)
     predicted[refused] = -1
     return predicted, seconds, result
 
 
 def digit_line(predicted: np.ndarray, labels: np.ndarray, result: Scores) -> str:
-    """Refusals and the answers' calibration of a digit set (the plain answer's confidence)."""
+    """Refusals as not a digit (of the uploads to_mnist read) and the calibration of the
+    answers (the plain answer's confidence)."""
+    read = predicted >= 0
     confidence = result.probabilities.max(axis=1)
-    ece = expected_calibration_error(confidence, predicted == labels)
-    refused = int(np.sum(~result.is_digit))
-    return (f"refused as not a digit {refused} ({100 * refused / max(len(labels), 1):.2f}%), "
+    ece = expected_calibration_error(confidence[read], (predicted == labels)[read])
+    refused = int(np.sum(~result.is_digit & read))
+    return (f"refused as not a digit {refused} ({100 * refused / max(read.sum(), 1):.2f}%), "
             f"ECE {100 * ece:.2f}%")
 
 
-def refusal_table(uploads: list, result: Scores, tag: str) -> str:
-    """Per value of ``tag``: the share refused, and the median confidence of those answered."""
+def refusal_table(uploads: list, predicted: np.ndarray, result: Scores, tag: str) -> str:
+    """Per value of ``tag``: the share refused (not a digit, or no digit found by to_mnist),
+    and the median confidence of those answered."""
     values = np.array([u.tags.get(tag, "-") for u in uploads])
     confidence = result.probabilities.max(axis=1)
+    answered_mask = result.is_digit & (predicted >= 0)
     cells = []
     for v in sorted(set(values)):
         mask = values == v
-        refused = float(np.mean(~result.is_digit[mask]))
-        answered = confidence[mask & result.is_digit]
+        refused = float(np.mean(~answered_mask[mask]))
+        answered = confidence[mask & answered_mask]
         median = f", answered at median {np.median(answered):.2f}" if len(answered) else ""
         cells.append(f"{v} {100 * refused:.1f}% refused ({int(mask.sum())}{median})")
     return "\n    ".join(cells)
@@ -439,7 +433,7 @@ def refusal_table(uploads: list, result: Scores, tag: str) -> str:
 
 def _as_uploads(images: np.ndarray, labels: np.ndarray, tags: list[dict] | None = None) -> list:
     """28x28 float images as PNG uploads (ink bright on black, as MNIST's)."""
-    return [corpora.Upload(_encode(Image.fromarray(np.rint(x * 255).astype(np.uint8), "L"),
+    return [Upload(_encode(Image.fromarray(np.rint(x * 255).astype(np.uint8), "L"),
                                    "PNG"), int(y), (tags or [{}] * len(labels))[i] or
                            {"digit": str(int(y))})
             for i, (x, y) in enumerate(zip(images, labels))]
@@ -454,14 +448,18 @@ def _not_digit_uploads(count: int, seed: int) -> list:
     return _as_uploads(images, np.full(count, -1), [{"kind": names[k]} for k in kind])
 
 
-def _most_refused(uploads: list, result: Scores, tags: list[str], k: int = 4) -> str:
-    """The categories of a digit set most often refused as not a digit."""
+def _most_refused(uploads: list, predicted: np.ndarray, result: Scores, tags: list[str],
+                  k: int = 4) -> str:
+    """The categories of a digit set most often refused as not a digit (of those read)."""
     cells = []
+    read = predicted >= 0
     for tag in tags:
         values = np.array([str(u.tags.get(tag, u.label)) for u in uploads])
         for v in set(values):
-            mask = values == v
-            cells.append((float(np.mean(~result.is_digit[mask])), f"{tag}={v}", int(mask.sum())))
+            mask = (values == v) & read
+            if mask.any():
+                cells.append((float(np.mean(~result.is_digit[mask])), f"{tag}={v}",
+                              int(mask.sum())))
     cells.sort(reverse=True)
     return "  ".join(f"{name} {100 * r:.1f}% ({n})" for r, name, n in cells[:k])
 
@@ -604,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(rendered in {render_s:.1f} s, to_mnist {1000 * seconds / len(uploads):.2f} "
               "ms/image)")
         if decision is not None:
-            worst = _most_refused(uploads, result, by.split(","))
+            worst = _most_refused(uploads, predicted, result, by.split(","))
             print(f"  most refused as not a digit: {worst}")
         table = breakdown(uploads, predicted)
         tags = [t for t in by.split(",") if t in table]
@@ -621,9 +619,11 @@ def main(argv: list[str] | None = None) -> int:
                  corpora.not_digit_set(args.not_digit_count, args.seed + 1000)),
                 ("the trainer's not-digits (a seed training never uses)",
                  _not_digit_uploads(args.not_digit_count, args.seed))):
-            _, _, result = evaluate_uploads(module, preprocessing, uploads, decision)
-            print(f"{name} ({len(uploads)}): refused {100 * np.mean(~result.is_digit):.1f}%\n"
-                  f"  by kind: {refusal_table(uploads, result, 'kind')}")
+            predicted, _, result = evaluate_uploads(module, preprocessing, uploads, decision)
+            answered = result.is_digit & (predicted >= 0)
+            print(f"{name} ({len(uploads)}): refused {100 * np.mean(~answered):.1f}% (not a "
+                  "digit, or no digit found by to_mnist; lookalikes are required neither way)"
+                  f"\n  by kind: {refusal_table(uploads, predicted, result, 'kind')}")
     if args.number_count:
         r = evaluate_numbers(module, preprocessing,
                              build_number_set(args.number_count, args.seed, mnist))

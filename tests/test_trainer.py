@@ -77,11 +77,13 @@ def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
     """main() on small defaults (a small MLP unless ``arch`` says otherwise), into tmp_path.
 
     No augmentation unless ``flags`` ask for it (``--augment``): the synthetic digits are random
-    pixel patterns, which warps scramble rather than vary.
+    pixel patterns, which warps scramble rather than vary. No generated not-digits or pen
+    digits either (the same reason; tests/test_not_a_digit.py trains with them on MNIST).
     """
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / out),
             "--checkpoint-dir", str(tmp_path / ckpt), *arch,
-            "--train-size", "400", "--batch-size", "32", "--no-augment", *flags]
+            "--train-size", "400", "--batch-size", "32", "--no-augment", "--not-digits", "0",
+            "--pen-digits", "0", *flags]
     return cli.main(argv)
 
 
@@ -333,7 +335,7 @@ def test_augmentation_is_on_by_default_and_can_be_turned_off(tmp_path, synth_dir
     def trained(*flags: str) -> bool:
         argv = ["--data-dir", str(synth_dir), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
                 str(tmp_path / "ck"), "--arch", "mlp", "--hidden-dim", "8", "--train-size", "64",
-                "--epochs", "1", "--quiet", *flags]
+                "--epochs", "1", "--not-digits", "0", "--pen-digits", "0", "--quiet", *flags]
         assert cli.main(argv) == 0
         training = load(tmp_path / "m.npz")[1]["training"]
         return tuple(training[k] for k in ("augment", "elastic", "blur", "lowres"))
@@ -471,7 +473,8 @@ def test_lab_pickle_data_file(tmp_path):
     with gzip.open(path, "wb") as f:
         pickle.dump(tuple(splits), f, protocol=2)
     argv = ["--data-file", str(path), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
-            str(tmp_path / "ck"), *SMALL_MLP, "--epochs", "2", "--no-augment", "--quiet"]
+            str(tmp_path / "ck"), *SMALL_MLP, "--epochs", "2", "--no-augment", "--not-digits", "0",
+            "--pen-digits", "0", "--quiet"]
     assert cli.main(argv) == 0
     _, meta = load(tmp_path / "m.npz")
     assert list(meta["data"]) == ["mnist.pkl.gz"]
