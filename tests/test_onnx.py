@@ -41,7 +41,8 @@ def export_and_session(network, tmp_path: Path, preprocessing: dict | None):
 
 def assert_same(loaded: LoadedModel, session, images: np.ndarray) -> float:
     """Same probabilities within TOLERANCE and the same digits; the largest difference."""
-    probabilities, digits = session.run(None, {"pixels": images.astype(np.float32)})
+    probabilities, digits = session.run(["probabilities", "digit"],
+                                        {"pixels": images.astype(np.float32)})
     # in batches: a convolution's patches for 10,000 images at once would take ~1 GB
     expected = np.concatenate([loaded.predict(images[i:i + 1000])
                                for i in range(0, len(images), 1000)])
