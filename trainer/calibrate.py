@@ -21,8 +21,9 @@ from models.decision import DIGITS, Decision, scores
 from trainer.augment import lowres_matrix
 from trainer.synthetic import KINDS, not_digits, pen_digits
 
-#: Share of degraded and pen-drawn validation digits the threshold may refuse.
-REFUSE_DIGITS = 0.002
+#: Share of degraded and pen-drawn validation digits the threshold may refuse: 0.2% refused
+#: 0.56% of the hard uploads (bench.uploads), over the 0.5% target (docs/benchmarks.md).
+REFUSE_DIGITS = 0.001
 #: The validation stream's key ("vali"): never one of training's streams.
 CALIBRATION_STREAM = 0x76616C69
 TEMPERATURES = np.exp(np.linspace(np.log(0.5), np.log(4.0), 61))

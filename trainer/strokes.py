@@ -85,10 +85,17 @@ def hand(shape: Shape, rng: np.random.Generator, tremor: float = 0.5, rotation: 
     return out
 
 
+#: Shapes drawn at once: the stamps of a block (~300 points x 49 pixels a shape) stay small.
+RENDER_BLOCK = 256
+
+
 def render(shapes: Sequence[Shape], widths: Sequence) -> np.ndarray:
     """(N, 28, 28) float32 in [0, 1]: each shape's strokes drawn with a pen of ``widths[i]``
     pixels (one number, or one per stroke: a font's thick and thin strokes), the ink's long
     side fitted to 20 pixels and its mass centred at (14, 14)."""
+    if len(shapes) > RENDER_BLOCK:
+        return np.concatenate([render(shapes[i:i + RENDER_BLOCK], widths[i:i + RENDER_BLOCK])
+                               for i in range(0, len(shapes), RENDER_BLOCK)])
     n = len(shapes)
     points, radii, owners = [], [], []
     for i, (shape, width) in enumerate(zip(shapes, widths)):
