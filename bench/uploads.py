@@ -454,8 +454,9 @@ def _most_refused(uploads: list, predicted: np.ndarray, result: Scores, tags: li
     cells = []
     read = predicted >= 0
     for tag in tags:
-        values = np.array([str(u.tags.get(tag, u.label)) for u in uploads])
-        for v in set(values):
+        values = np.array([str(u.tags.get(tag, "")) if tag != "digit" else str(u.label)
+                           for u in uploads])
+        for v in set(values) - {""}:
             mask = (values == v) & read
             if mask.any():
                 cells.append((float(np.mean(~result.is_digit[mask])), f"{tag}={v}",
