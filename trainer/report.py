@@ -193,7 +193,8 @@ def write_plots(stem: Path, history: list[dict], confusion: np.ndarray,
 
 
 def _reliability_diagram(plt, stem: Path, confidence: np.ndarray, correct: np.ndarray) -> Path:
-    """Accuracy against confidence per bin, the diagonal, and how many images each bin holds."""
+    """Accuracy per confidence bin (bars) beside the bin's mean confidence (dots), the diagonal,
+    and how many images each bin holds (a log scale: most answers are sure)."""
     count, mean_confidence, accuracy = calibration_bins(confidence, correct)
     edges = np.linspace(0, 1, ECE_BINS + 1)
     used = count > 0
@@ -202,12 +203,13 @@ def _reliability_diagram(plt, stem: Path, confidence: np.ndarray, correct: np.nd
     ax.bar(edges[:-1][used], accuracy[used], width=1 / ECE_BINS, align="edge",
            edgecolor="black", label="accuracy")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot(mean_confidence[used], accuracy[used], "o", color="black", markersize=3,
+    centres = (edges[:-1] + 0.5 / ECE_BINS)[used]
+    ax.plot(centres, mean_confidence[used], "o", color="tab:red", markersize=4,
             label="mean confidence")
     ece = expected_calibration_error(confidence, correct)
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"reliability on the test set (ECE {100 * ece:.2f}%)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     ax_count.bar(edges[:-1], count, width=1 / ECE_BINS, align="edge", edgecolor="black")
     ax_count.set(xlabel="confidence", ylabel="images", yscale="log")
     fig.tight_layout()
