@@ -5,22 +5,18 @@ outputs, temperature, threshold): each round times ``LoadedModel.answer`` on the
 for both, interleaved (A, B, A, B...), with process CPU time, one BLAS thread; every round is
 printed with the ratio, then the median and the spread.
 
-    OPENBLAS_NUM_THREADS=1 python bench/decision.py --baseline before.npz --model model.npz
+    OPENBLAS_NUM_THREADS=1 python -m bench.decision --baseline before.npz --model model.npz
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from server.model import LoadedModel  # noqa: E402
+from server.model import LoadedModel
 
 
 def cpu_per_call(model: LoadedModel, images: np.ndarray, calls: int) -> float:

@@ -1,9 +1,11 @@
-"""The serving config of bench/serve.py (BENCH_BASE_CONFIG, default the repo's gunicorn.conf.py)
-with /predict's own work removed: the upload pipeline returns a fixed 28x28 digit and the model
-fixed probabilities. Everything else is the real service: gunicorn, Flask, the routes, body
-reading, limits, the compute slot, metrics, JSON. ``bench/serve.py --floor`` measures /predict
-on it: what a prediction would cost if decoding and the model were free, so the highest the
-/predict to /healthz throughput ratio can be on this stack. For benchmarks only.
+# ruff: noqa: N999 - a gunicorn config file (named like gunicorn.conf.py), never imported
+"""The serving config of ``python -m bench.serve`` (BENCH_BASE_CONFIG, default the repo's
+gunicorn.conf.py) with /predict's own work removed: the upload pipeline returns a fixed 28x28
+digit and the model fixed probabilities. Everything else is the real service: gunicorn, Flask,
+the routes, body reading, limits, the compute slot, metrics, JSON. ``python -m bench.serve
+--floor`` measures /predict on it: what a prediction would cost if decoding and the model were
+free, so the highest the /predict to /healthz throughput ratio can be on this stack. For
+benchmarks only.
 
 The work is replaced through the inference service's seam (``server.inference.Inference``:
 ``transform`` and ``forward``), in each worker once the app is loaded.

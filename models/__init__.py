@@ -1,22 +1,25 @@
-"""Modules, initializers, the lab's networks, and saving/loading parameters as .npz."""
+"""Modules, initializers, the networks (the lab's and the CNN), and model files (.npz)."""
 
 from models.archive import ModelFileError, atomic_write, read_checkpoint, write_checkpoint
 from models.convnet import ConvNetwork
 from models.init import glorot_init, kaiming_init, zero_init
 from models.module import IncompatibleKeys, Module, ModuleList
-from models.networks import DeepNetwork, LinearNetwork, build
+from models.networks import DeepNetwork, DenseStack, LinearNetwork
 from models.preprocessing import preprocessing_config, to_model_input
+from models.registry import NETWORKS, build
 from models.serialization import load, save
 from models.version import digitgrad_version
 
 __all__ = [
     "ConvNetwork",
     "DeepNetwork",
+    "DenseStack",
     "IncompatibleKeys",
     "LinearNetwork",
     "ModelFileError",
     "Module",
     "ModuleList",
+    "NETWORKS",
     "atomic_write",
     "build",
     "digitgrad_version",

@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask
 
 from models import ModelFileError
-from server import api, imaging, metrics, state, v2
+from server import api, imaging, metrics, requestlog, state, v2
 from server.errors import register_error_handlers
 from server.inference import Inference
 from server.model import LoadedModel
@@ -76,6 +76,7 @@ def create_app(config: Mapping | None = None) -> Flask:
                           max_upload_bytes=settings["MAX_UPLOAD_BYTES"],
                           max_pixels=settings["MAX_IMAGE_PIXELS"])
     state.init_app(app, state.Serving(model=model, metrics=app_metrics, inference=inference))
+    requestlog.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(v2.bp)
     register_error_handlers(app, imaging.ImageError)

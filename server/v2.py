@@ -10,8 +10,10 @@ Two models, both backed by the loaded model file, whose id is their one version:
 Both answer ``probabilities`` FP32 [-1, 10], ``digit`` INT64 [-1], and the model file's decision
 (models.decision): ``is_digit`` BOOL [-1], whether the image is a digit at all, and
 ``digit_probability`` FP32 [-1], how sure (a model without a decision calls everything a digit,
-with probability 1). The protocol has no "not a digit" error: a well-formed tensor is always
-answered. Tensor data may be JSON or
+with probability 1); the protocol has no "not a digit" error, so a well-formed tensor is always
+answered. Only when the request names it in ``outputs``: ``attributions`` FP32 [-1, 28, 28]
+(integrated gradients of each digit over its 28x28 image, as /predict?explain=1 gives them).
+Tensor data may be JSON or
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
 Every count and size is checked before any image is decoded or any product computed.
 """
@@ -26,7 +28,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from models import digitgrad_version
-from server import imaging
+from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
 from server.model import LoadedModel
 from server.state import get_serving
@@ -72,7 +74,11 @@ OUTPUTS = {
     "digit": TensorSpec("digit", "INT64", (-1,), "<i8"),
     "is_digit": TensorSpec("is_digit", "BOOL", (-1,), "?"),
     "digit_probability": TensorSpec("digit_probability", "FP32", (-1,), "<f4"),
+    "attributions": TensorSpec("attributions", "FP32", (-1, SIDE, SIDE), "<f4"),
 }
+#: The outputs of a request that names none: an explanation costs more than the prediction
+#: (docs/serving.md#explanations), so it is computed only when asked for.
+DEFAULT_OUTPUTS = ("probabilities", "digit", "is_digit", "digit_probability")
 #: Model name -> its input; the outputs are the same for both.
 MODELS = {"digitgrad": PIXELS, "digitgrad-image": IMAGE}
 MODEL_NAMES = " and ".join(f'"{name}"' for name in MODELS)
@@ -196,17 +202,22 @@ def infer(name: str, version: str | None = None):
         query, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
+    explain = any(name == "attributions" for name, _binary in outputs)
     if spec is PIXELS:
         with serving.metrics.stage("preprocess"):
             pixels = _pixels(data)
-        predictions = serving.inference.predict_pixels(model, pixels)
+        predictions = serving.inference.predict_pixels(model, pixels, explain=explain)
     else:
-        predictions = serving.inference.predict_files(model, data, refused=_refuse_image)
+        predictions = serving.inference.predict_files(model, data, refused=_refuse_image,
+                                                      explain=explain)
+    requestlog.record_predictions(predictions)
     with serving.metrics.stage("encode"):
         tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
                    "digit": [p.digit for p in predictions],
                    "is_digit": [p.is_digit for p in predictions],
                    "digit_probability": [p.digit_probability for p in predictions]}
+        if explain:
+            tensors["attributions"] = np.stack([p.attributions for p in predictions])
         return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
 
 
@@ -328,14 +339,14 @@ def _check_element_sizes(lengths, max_bytes: int) -> None:
 
 
 def _requested_outputs(query: dict) -> list[tuple[str, bool]]:
-    """(output name, as binary?) in the order asked; every output when none is named."""
+    """(output name, as binary?) in the order asked; DEFAULT_OUTPUTS when none is named."""
     parameters = query.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise V2Error(400, 'The request "parameters" must be an object.')
     default_binary = parameters.get("binary_data_output") is True
     asked = query.get("outputs")
     if asked is None:
-        return [(name, default_binary) for name in OUTPUTS]
+        return [(name, default_binary) for name in DEFAULT_OUTPUTS]
     if not isinstance(asked, list) or not asked:
         raise V2Error(400, f'"outputs" must list some of {OUTPUT_NAMES}, or be left out.')
     wanted = []

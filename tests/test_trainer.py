@@ -70,7 +70,7 @@ def write_synthetic_mnist(directory: Path, seed: int) -> Path:
 
 
 SMALL_MLP = ("--arch", "mlp", "--hidden-dim", "32", "--layers", "1")
-SMALL_CNN = ("--channels", "4,8", "--fc-dims", "32")
+SMALL_CNN = ("--channels", "4,8", "--hidden-dims", "32")
 
 
 def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
@@ -430,13 +430,28 @@ def test_a_version_1_checkpoint_resumes_as_the_mlp_it_was(tmp_path, synth_dir):
     path = tmp_path / "ckpt" / CHECKPOINT_NAME
     arrays, meta = read_checkpoint(path)
     for name in ("arch", "dataset", "elastic", "blur", "lowres", "channels", "kernel_sizes",
-                 "paddings", "fc_dims"):
+                 "paddings", "hidden_dims"):
         del meta["config"][name]
     np.savez(path, **arrays, **{META_KEY: np.array(json.dumps({**meta, "format_version": 1}))})
     assert run(tmp_path, synth_dir, "--resume", "--epochs", "2", "--quiet", arch=()) == 0
     model, meta = load(tmp_path / "model.npz")
     assert model.config()["class"] == "DeepNetwork" and meta["training"]["epochs_run"] == 2
     assert (meta["training"]["arch"], meta["training"]["elastic"]) == ("mlp", False)
+
+
+def test_a_checkpoint_naming_the_dense_widths_fc_dims_resumes_as_the_cnn_it_was(tmp_path,
+                                                                                synth_dir):
+    """Checkpoints written before the rename call the CNN's hidden_dims fc_dims."""
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet", arch=SMALL_CNN) == 0
+    path = tmp_path / "ckpt" / CHECKPOINT_NAME
+    arrays, meta = read_checkpoint(path)
+    meta["config"]["fc_dims"] = meta["config"].pop("hidden_dims")
+    assert meta["config"]["fc_dims"] == [32]  # not the default (120, 84): it must be read
+    np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+    assert run(tmp_path, synth_dir, "--resume", "--epochs", "2", "--quiet", arch=()) == 0
+    model, meta = load(tmp_path / "model.npz")
+    assert model.config()["hidden_dims"] == [32] and meta["training"]["epochs_run"] == 2
+    assert meta["training"]["hidden_dims"] == [32] and "fc_dims" not in meta["training"]
 
 
 def test_resume_refuses_other_data(tmp_path, synth_dir, capsys):
@@ -489,8 +504,10 @@ def test_plots(tmp_path, synth_dir, capsys):
         assert run(tmp_path, synth_dir, "--epochs", "1", "--plots") == 2
         assert "pip install 'digitgrad[plots]'" in capsys.readouterr().err
         return
-    assert run(tmp_path, synth_dir, "--epochs", "1", "--plots", "--quiet") == 0
-    for name in ("model.curves.png", "model.confusion.png"):
+    # 40 training images: mistakes enough for the gallery
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--train-size", "40", "--plots",
+               "--quiet") == 0
+    for name in ("model.curves.png", "model.confusion.png", "model.mistakes.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

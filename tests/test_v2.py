@@ -109,7 +109,8 @@ def test_model_metadata_lists_the_real_tensors_and_the_model_id(client, model, n
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
                         {"name": "digit", "datatype": "INT64", "shape": [-1]},
                         {"name": "is_digit", "datatype": "BOOL", "shape": [-1]},
-                        {"name": "digit_probability", "datatype": "FP32", "shape": [-1]}],
+                        {"name": "digit_probability", "datatype": "FP32", "shape": [-1]},
+                        {"name": "attributions", "datatype": "FP32", "shape": [-1, 28, 28]}],
         }
         ready = client.get(path + "/ready")
         assert ready.status_code == 200 and ready.get_json() == {"name": name, "ready": True}

@@ -13,11 +13,13 @@ from models.decision import scores
 from trainer.calibrate import calibrate, calibration_set, logits_of
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
+from trainer.cli import EXIT_FAILURE, EXIT_OK
 from trainer.config import Job, TrainConfig, UsageError
 from trainer.data import DATASETS, MNIST, Split, load_mnist
 from trainer.factory import build_model, build_optimizer
 from trainer.flags import flag_ones
 from trainer.loop import Session, StopFlag, TrainingInterruptedError, fit, prepare
+from trainer.mistakes import confident_mistakes
 from trainer.report import (
     Progress,
     confusion_matrix,
@@ -29,8 +31,6 @@ from trainer.report import (
     write_plots,
 )
 from trainer.synthetic import add_synthetic
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> TrainConfig:
@@ -218,8 +218,10 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
                               "history": state.history, "model": str(paths.out)})
     written = [paths.out, paths.metrics, paths.report]
     if job.plots:
-        written += write_plots(paths.out.with_name(paths.out.stem), state.history,
-                               confusion, (confidence, right)) or []
+        mistakes = confident_mistakes(model, data.test.images, data.test.labels, predictions,
+                                      preprocessing)
+        written += write_plots(paths.out.with_name(paths.out.stem), state.history, confusion,
+                               mistakes, (confidence, right)) or []
     progress.message(format_test_report(test_accuracy, per_class, confusion))
     progress.message(f"expected calibration error on the test set {100 * metrics['test_ece']:.2f}%")
     if decision is not None:
