@@ -22,7 +22,12 @@ Per-font accuracy, about 400 uploads per font (49 fonts), enough to tell a font 
 one at 95% (the 95% interval printed on the "lowest" line is about +-2.5 points there):
 
     python -m bench.uploads --model model.npz --count 19600 --by font --hard-count 0 \
-                            --number-count 0
+                            --number-count 0 --handwriting-count 0 --not-digit-count 0
+
+With a model file that has a decision (models.decision), every digit set also reports the
+share refused as not a digit and the ECE of its answers, and the not-digit corpora of
+bench/corpora.py and the trainer's generator (a seed training never uses) report the share
+refused by kind.
 """
 
 from __future__ import annotations
