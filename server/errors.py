@@ -20,10 +20,11 @@ class ApiError(Exception):
     theirs from DOMAIN_STATUSES, so one handler serves both.
     """
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.details = details or {}  # more of the answer, beside code and message
 
 
 # Codes and messages for the statuses werkzeug raises itself (routing, body size, ...).
@@ -53,14 +54,15 @@ DOMAIN_STATUSES = {
 REJECTION_ENDPOINTS = ("api.predict", "api.predict_batch", "api.predict_number")
 
 
-def error_body(code: str, message: str) -> dict:
-    """The envelope's content, also used for per-file errors in a batch."""
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, details: dict | None = None) -> dict:
+    """The envelope's content, also used for per-file errors in a batch; ``details`` adds
+    fields beside code and message (not_a_digit's ``closest`` answer)."""
+    return {"error": {"code": code, "message": message, **(details or {})}}
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, details: dict | None = None):
     """A JSON error response."""
-    response = jsonify(error_body(code, message))
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
 
@@ -80,7 +82,7 @@ def status_of(exc: Exception) -> int:
 def handle_api_error(exc):
     """ApiError and imaging's ImageError: status (mapped from the code), code and message."""
     _count_rejection(exc.code)
-    return error_response(status_of(exc), exc.code, str(exc))
+    return error_response(status_of(exc), exc.code, str(exc), getattr(exc, "details", None))
 
 
 def _read_timed_out(exc: HTTPException) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.decision import Scores
 from server import imaging
 from server.imaging.segment import Box
 from server.metrics import Metrics
@@ -90,9 +91,9 @@ class EmptyImage(imaging.ImageError):  # noqa: N818 - the API's names for the an
         super().__init__("The uploaded image is empty.")
 
 
-def _model_predict(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-    """The default ``forward``: the loaded model's own ``predict``."""
-    return model.predict(images)
+def _model_answer(model: LoadedModel, images: np.ndarray) -> Scores:
+    """The default ``forward``: the loaded model's own ``answer``."""
+    return model.answer(images)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 7x, per image of a batch
@@ -104,10 +105,15 @@ class Prediction:
     """
 
     image: np.ndarray  #: float32 (28, 28), the image the model saw
-    probabilities: np.ndarray  #: float64 (10,), summing to 1
+    #: float64 (10,): each digit's probability; they sum to ``digit_probability``
+    probabilities: np.ndarray
     digit: int
     label: str | None  #: the class name, when the model file names its classes
     model_id: str
+    #: the model file's decision (models.decision): is it a digit at all, and how sure;
+    #: a model without one calls everything a digit (probability 1)
+    is_digit: bool = True
+    digit_probability: float = 1.0
     #: float32 (28, 28) over ``image``: integrated gradients of ``digit``, when asked for
     attributions: np.ndarray | None = None
 
@@ -127,8 +133,8 @@ class Inference:
 
     The work itself is three attributes, set at construction: ``transform`` (file -> 28x28,
     ``imaging.to_mnist``), ``transform_number`` (file -> one 28x28 and box per digit,
-    ``imaging.to_mnist_digits``) and ``forward`` ((model, images) -> probabilities (N, 10),
-    ``model.predict``). That is the service's seam: bench/floor_gunicorn.conf.py replaces
+    ``imaging.to_mnist_digits``) and ``forward`` ((model, images) -> ``models.decision.Scores``,
+    ``model.answer``). That is the service's seam: bench/floor_gunicorn.conf.py replaces
     them with constants to measure the service without its work. Nothing else should.
     """
 
@@ -137,7 +143,7 @@ class Inference:
                  transform: Callable[..., np.ndarray] = imaging.to_mnist,
                  transform_number: Callable[..., list[tuple[np.ndarray, Box]]]
                  = imaging.to_mnist_digits,
-                 forward: Callable[[LoadedModel, np.ndarray], np.ndarray] = _model_predict):
+                 forward: Callable[[LoadedModel, np.ndarray], Scores] = _model_answer):
         self.metrics = metrics
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -215,11 +221,14 @@ class Inference:
         """The model on images (N, 28, 28): one Prediction each, its digit counted, and with
         ``explain`` its attributions (one image at a time: memory of one explanation's batch)."""
         with self.metrics.stage("inference"):
-            probabilities = self.forward(model, images)
+            answers = self.forward(model, images)
         model_id, predictions = model.model_id, []
-        for image, p, digit in zip(images, probabilities, probabilities.argmax(axis=1).tolist()):
+        for image, p, digit, is_digit, sure in zip(
+                images, answers.probabilities, answers.probabilities.argmax(axis=1).tolist(),
+                answers.is_digit.tolist(), answers.digit_probability.tolist()):
             self.metrics.observe_prediction(digit)
-            predictions.append(Prediction(image, p, digit, model.label(digit), model_id))
+            predictions.append(Prediction(image, p, digit, model.label(digit), model_id,
+                                          is_digit, sure))
         if explain:
             with self.metrics.stage("explain"):
                 for prediction in predictions:

@@ -7,9 +7,13 @@ Two models, both backed by the loaded model file, whose id is their one version:
 * ``digitgrad-image``: input ``image`` BYTES [-1], each element one encoded image file that goes
   through /predict's pipeline and limits.
 
-Both answer ``probabilities`` FP32 [-1, 10] and ``digit`` INT64 [-1], and, only when the request
-names it in ``outputs``, ``attributions`` FP32 [-1, 28, 28] (integrated gradients of each digit
-over its 28x28 image, as /predict?explain=1 gives them). Tensor data may be JSON or
+Both answer ``probabilities`` FP32 [-1, 10], ``digit`` INT64 [-1], and the model file's decision
+(models.decision): ``is_digit`` BOOL [-1], whether the image is a digit at all, and
+``digit_probability`` FP32 [-1], how sure (a model without a decision calls everything a digit,
+with probability 1); the protocol has no "not a digit" error, so a well-formed tensor is always
+answered. Only when the request names it in ``outputs``: ``attributions`` FP32 [-1, 28, 28]
+(integrated gradients of each digit over its 28x28 image, as /predict?explain=1 gives them).
+Tensor data may be JSON or
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
 Every count and size is checked before any image is decoded or any product computed: a
 ``pixels`` body is bounded by the bytes MAX_TENSOR_IMAGES images can take (JSON or binary)
@@ -77,11 +81,13 @@ IMAGE = TensorSpec("image", "BYTES", (-1,), None)
 OUTPUTS = {
     "probabilities": TensorSpec("probabilities", "FP32", (-1, 10), "<f4"),
     "digit": TensorSpec("digit", "INT64", (-1,), "<i8"),
+    "is_digit": TensorSpec("is_digit", "BOOL", (-1,), "?"),
+    "digit_probability": TensorSpec("digit_probability", "FP32", (-1,), "<f4"),
     "attributions": TensorSpec("attributions", "FP32", (-1, SIDE, SIDE), "<f4"),
 }
 #: The outputs of a request that names none: an explanation costs more than the prediction
 #: (docs/serving.md#explanations), so it is computed only when asked for.
-DEFAULT_OUTPUTS = ("probabilities", "digit")
+DEFAULT_OUTPUTS = ("probabilities", "digit", "is_digit", "digit_probability")
 #: Model name -> its input; the outputs are the same for both.
 MODELS = {"digitgrad": PIXELS, "digitgrad-image": IMAGE}
 MODEL_NAMES = " and ".join(f'"{name}"' for name in MODELS)
@@ -236,7 +242,9 @@ def infer(name: str, version: str | None = None):
     requestlog.record_predictions(predictions)
     with serving.metrics.stage("encode"):
         tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
-                   "digit": [p.digit for p in predictions]}
+                   "digit": [p.digit for p in predictions],
+                   "is_digit": [p.is_digit for p in predictions],
+                   "digit_probability": [p.digit_probability for p in predictions]}
         if explain:
             tensors["attributions"] = np.stack([p.attributions for p in predictions])
         return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)

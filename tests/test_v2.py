@@ -114,6 +114,8 @@ def test_model_metadata_lists_the_real_tensors_and_the_model_id(client, model, n
             "inputs": [tensor],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
                         {"name": "digit", "datatype": "INT64", "shape": [-1]},
+                        {"name": "is_digit", "datatype": "BOOL", "shape": [-1]},
+                        {"name": "digit_probability", "datatype": "FP32", "shape": [-1]},
                         {"name": "attributions", "datatype": "FP32", "shape": [-1, 28, 28]}],
         }
         ready = client.get(path + "/ready")
@@ -148,13 +150,17 @@ def test_json_pixels_give_the_models_probabilities_and_echo_the_id(client, model
     assert body["model_name"] == "digitgrad" and body["model_version"] == model.model_id
     assert body["id"] == "req-42"
     outputs = {o["name"]: o for o in body["outputs"]}
-    assert list(outputs) == ["probabilities", "digit"]
+    assert list(outputs) == ["probabilities", "digit", "is_digit", "digit_probability"]
     expected = model.predict(images)
     probabilities = outputs["probabilities"]
     assert probabilities["datatype"] == "FP32" and probabilities["shape"] == [3, 10]
     np.testing.assert_allclose(np.reshape(probabilities["data"], (3, 10)), expected, atol=1e-6)
     assert outputs["digit"] == {"name": "digit", "datatype": "INT64", "shape": [3],
                                 "data": expected.argmax(axis=1).tolist()}
+    # a model file without a decision calls everything a digit
+    assert outputs["is_digit"] == {"name": "is_digit", "datatype": "BOOL", "shape": [3],
+                                   "data": [True] * 3}
+    assert outputs["digit_probability"]["data"] == [1.0] * 3
 
 
 def test_nested_json_data_and_json_content_type_are_accepted(client, model):
@@ -177,12 +183,14 @@ def test_binary_pixels_in_and_binary_outputs_out(client, model):
     header, data = split_response(response)
     assert header["id"] == "b1"
     sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
-    assert sizes == [2 * 10 * 4, 2 * 8] and len(data) == sum(sizes)
+    assert sizes == [2 * 10 * 4, 2 * 8, 2, 2 * 4] and len(data) == sum(sizes)
     probabilities = np.frombuffer(data[:80], "<f4").reshape(2, 10)
-    digits = np.frombuffer(data[80:], "<i8")
+    digits = np.frombuffer(data[80:96], "<i8")
     expected = model.predict(images)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
     assert digits.tolist() == expected.argmax(axis=1).tolist()
+    assert np.frombuffer(data[96:98], "?").tolist() == [True, True]  # BOOL: one byte each
+    assert np.frombuffer(data[98:], "<f4").tolist() == [1.0, 1.0]
 
 
 def test_outputs_subset_in_the_order_asked_binary_per_output(client, model):

@@ -91,7 +91,8 @@ def test_health_and_metadata(triton, server):
         inputs = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
         assert inputs == [tensor]
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
-            ("probabilities", "FP32"), ("digit", "INT64"), ("attributions", "FP32")]
+            ("probabilities", "FP32"), ("digit", "INT64"), ("is_digit", "BOOL"),
+            ("digit_probability", "FP32"), ("attributions", "FP32")]
     assert not triton.is_model_ready("mnist")
     assert not triton.is_model_ready("digitgrad", "0123456789ab")
     assert refused(lambda: triton.get_model_metadata("mnist"))[0] == "404"
