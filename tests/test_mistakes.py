@@ -6,6 +6,7 @@ import numpy as np
 
 from autodiff import ComputationGraphNode, no_grad
 from models import DeepNetwork, to_model_input
+from models.decision import Decision, scores
 from models.explain import integrated_gradients
 from trainer.mistakes import confident_mistakes
 
@@ -22,14 +23,18 @@ def test_the_most_confident_wrong_answers_come_first_with_their_evidence():
     labels = predictions.copy()
     wrong = [3, 7, 11, 20, 31]
     labels[wrong] = (predictions[wrong] + 1) % 10
-    mistakes = confident_mistakes(model, images, labels, predictions, PRE, count=3)
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    confidence = probabilities.max(axis=1)
+    # an eleven-output model's answers with a temperature: the gallery's confidence is the
+    # answer's as the decision gives it, not a plain softmax of the logits
+    eleven = np.concatenate([logits, np.full((len(logits), 1), -1.0)], axis=1)
+    answers = scores(eleven, Decision(threshold=0.0, temperature=2.5))
+    confidence = answers.probabilities.max(axis=1)
+    mistakes = confident_mistakes(model, images, labels, predictions, confidence, PRE, count=3)
     expected = sorted(wrong, key=lambda i: -confidence[i])[:3]
     assert [m.index for m in mistakes] == expected
     first = mistakes[0]
-    assert np.isclose(first.confidence, confidence[first.index], rtol=1e-5)
+    assert first.confidence == confidence[first.index]
+    plain = np.exp(logits[first.index] - logits[first.index].max())
+    assert first.confidence < (plain / plain.sum()).max()  # the temperature softens it
     assert (first.label, first.predicted) == (labels[first.index], predictions[first.index])
     np.testing.assert_array_equal(first.evidence, integrated_gradients(
         model, images[first.index], PRE, int(predictions[first.index])).map)
@@ -41,4 +46,4 @@ def test_no_mistakes_no_gallery():
     model = DeepNetwork(784, 10, 8, 1, rng=np.random.default_rng(1))
     images = np.zeros((3, 28, 28), dtype=np.float32)
     labels = predictions = np.array([1, 2, 3])
-    assert confident_mistakes(model, images, labels, predictions, PRE) == []
+    assert confident_mistakes(model, images, labels, predictions, np.ones(3), PRE) == []

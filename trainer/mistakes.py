@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autodiff import ComputationGraphNode, no_grad
-from models import Module, to_model_input
+from models import Module
 from models.explain import integrated_gradients
 
 #: Mistakes in the trainer's gallery (--plots): a 4x4 grid.
@@ -22,24 +21,20 @@ class Mistake:
     image: np.ndarray  # (28, 28) in [0, 1]
     label: int
     predicted: int
-    confidence: float  # softmax probability of ``predicted``
+    confidence: float  # the answer's probability, as the service gives it
     evidence: np.ndarray  # integrated gradients of the predicted class's logit, (28, 28)
     evidence_for_label: np.ndarray  # and of the true class's logit
 
 
 def confident_mistakes(model: Module, images: np.ndarray, labels: np.ndarray,
-                       predictions: np.ndarray, preprocessing: dict | None,
-                       count: int = GALLERY_SIZE) -> list[Mistake]:
-    """The ``count`` wrong predictions with the highest confidence, most confident first."""
+                       predictions: np.ndarray, confidence: np.ndarray,
+                       preprocessing: dict | None, count: int = GALLERY_SIZE) -> list[Mistake]:
+    """The ``count`` wrong predictions with the highest ``confidence`` (the answers' own, as
+    the model file's decision gives them: its temperature included), most confident first."""
     wrong = np.flatnonzero(predictions != labels)
     if not len(wrong):
         return []
-    with no_grad():  # only the wrong images: a few dozen for a good model
-        logits = model(ComputationGraphNode(to_model_input(images[wrong], preprocessing))).value
-    logits = logits.astype(np.float64)
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    confidence = probabilities[np.arange(len(wrong)), predictions[wrong]]
+    confidence = np.asarray(confidence)[wrong]
     chosen = np.argsort(-confidence, kind="stable")[:count]
     mistakes = []
     for k in chosen:

@@ -219,7 +219,7 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
     written = [paths.out, paths.metrics, paths.report]
     if job.plots:
         mistakes = confident_mistakes(model, data.test.images, data.test.labels, predictions,
-                                      preprocessing)
+                                      confidence, preprocessing)
         written += write_plots(paths.out.with_name(paths.out.stem), state.history, confusion,
                                mistakes, (confidence, right)) or []
     progress.message(format_test_report(test_accuracy, per_class, confusion))
