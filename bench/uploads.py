@@ -433,6 +433,12 @@ def refusal_table(uploads: list, predicted: np.ndarray, result: Scores, tag: str
     return "\n    ".join(cells)
 
 
+def _rows(result: Scores, pick: np.ndarray) -> Scores:
+    """The answers of the uploads at ``pick``."""
+    return Scores(*(getattr(result, f)[pick] for f in
+                    ("probabilities", "digit_probability", "digit_log_odds", "is_digit")))
+
+
 def _as_uploads(images: np.ndarray, labels: np.ndarray, tags: list[dict] | None = None) -> list:
     """28x28 float images as PNG uploads (ink bright on black, as MNIST's)."""
     return [Upload(_encode(Image.fromarray(np.rint(x * 255).astype(np.uint8), "L"),
@@ -626,8 +632,13 @@ def main(argv: list[str] | None = None) -> int:
             predicted, _, result = evaluate_uploads(module, preprocessing, uploads, decision)
             answered = result.is_digit & (predicted >= 0)
             print(f"{name} ({len(uploads)}): refused {100 * np.mean(~answered):.1f}% (not a "
-                  "digit, or no digit found by to_mnist; lookalikes are required neither way)"
-                  f"\n  by kind: {refusal_table(uploads, predicted, result, 'kind')}")
+                  "digit, or no digit found by to_mnist; lookalikes are required neither way)")
+            styles = np.array([u.tags.get("styles", "") for u in uploads])
+            for group in sorted(set(styles), reverse=True):  # held-out, then dev
+                pick = np.flatnonzero(styles == group)
+                table = refusal_table([uploads[i] for i in pick], predicted[pick],
+                                      _rows(result, pick), "kind")
+                print(f"  by kind{f', {group} styles' if group else ''}: {table}")
     if args.number_count:
         r = evaluate_numbers(module, preprocessing,
                              build_number_set(args.number_count, args.seed, mnist))
