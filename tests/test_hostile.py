@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from models import arrays, framing
 from server.imaging import (
     ImageError,
     ImageTooLarge,
     InvalidImage,
-    arrays,
     decode,
     limits,
-    normalise,
     to_mnist,
 )
 
@@ -226,7 +225,7 @@ def test_filled_square_costs_what_the_28x28_output_allows(monkeypatch, side, squ
     on at most STROKE_SIZE a side, at most STROKE_SIZE / 2 passes, whatever the square."""
     passes = Calls(monkeypatch, arrays, "morph_step", lambda image, *a: image.size)
     to_mnist(filled_square_png(side, square))
-    bound = normalise.STROKE_SIZE // 2 * (2 * normalise.STROKE_SIZE) ** 2
+    bound = framing.STROKE_SIZE // 2 * (2 * framing.STROKE_SIZE) ** 2
     assert sum(passes.records) <= bound, f"{sum(passes.records):,} pixel passes"
 
 

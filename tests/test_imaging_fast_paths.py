@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from models import arrays, framing
 from server.imaging import (
     ImageTooLarge,
     InvalidImage,
-    arrays,
     decode,
     normalise,
     pipeline,
@@ -330,11 +330,11 @@ def test_median_and_percentile_are_numpys():
 
 
 @pytest.mark.parametrize("size", [(72, 48), (13, 90), (7, 5), (1, 30), (200, 3)])
-@pytest.mark.parametrize("long_side", [normalise.BOX, normalise.STROKE_SIZE])
+@pytest.mark.parametrize("long_side", [framing.BOX, framing.STROKE_SIZE])
 def test_fit_resizes_as_pillow_does(size, long_side):
     rng = np.random.default_rng(4)
     crop = rng.random(size).astype(np.float32)
-    fitted = normalise.fit(crop, long_side)
+    fitted = framing.fit(crop, long_side)
     h, w = size
     scale = long_side / max(h, w)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))

@@ -4,7 +4,7 @@ One module per stage, told in full in docs/serving.md. Errors carry a ``code``;
 ``server.errors`` maps codes to HTTP statuses.
 """
 
-from server.imaging.arrays import label, stroke_width
+from models.arrays import label, stroke_width
 from server.imaging.encode import to_png
 from server.imaging.errors import (
     ImageError,

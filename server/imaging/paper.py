@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from server.imaging import arrays
+from models import arrays
 from server.imaging.errors import NoDigitFound
 
 # Residual noise (sigma, in grey levels / 255) of a paper fit beyond which the sample holds

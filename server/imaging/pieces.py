@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.imaging import arrays
+from models import arrays
 from server.imaging.errors import NoDigitFound
 
 # Longest side of the map the connected components are labelled on (their union-find is Python).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.imaging import arrays
+from models import arrays
 from server.imaging.decode import decode, decode_half
 from server.imaging.errors import NoDigitFound
 from server.imaging.normalise import crop_to_ink, is_mnist_format, normalise
