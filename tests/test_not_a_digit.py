@@ -9,7 +9,7 @@ import pytest
 from models import load
 from models.decision import Decision
 from trainer.strokes import BOX, fit_box, render
-from trainer.synthetic import KINDS, add_synthetic, not_digits, pen_digits
+from trainer.synthetic import KINDS, add_synthetic, clothes, not_digits, pen_digits
 
 
 def _ink_box(image: np.ndarray) -> tuple[int, int]:
@@ -53,9 +53,40 @@ def test_synthetic_images_are_appended_with_their_labels():
     from trainer.data import Split
 
     split = Split(np.zeros((5, 28, 28), np.float32), np.arange(5))
-    out = add_synthetic(split, 10, 7, seed=0)
-    assert len(out) == 22 and out.labels[5:15].tolist() == list(range(10))
+    pictures = np.zeros((30, 28, 28), np.uint8)
+    pictures[:, 4:24, 8:20] = 200
+    out = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4)
+    assert len(out) == 26 and out.labels[5:15].tolist() == list(range(10))
     assert (out.labels[15:] == 10).all()
+    again = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4)
+    np.testing.assert_array_equal(out.images, again.images)
+
+
+def _png(ink: np.ndarray) -> bytes:
+    """An ink map (1: ink) as dark ink on white paper, a PNG."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.rint(255 * (1 - ink)).astype(np.uint8), "L").save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_trainer_frames_clothes_as_the_server_frames_an_upload():
+    """A filled shirt drawn at 28x28 reaches the model thinned by the server's normalisation
+    (models.framing): the trainer frames its pictures of clothes the same way, not as drawn."""
+    from server.imaging import to_mnist
+
+    yy, xx = np.mgrid[0:28, 0:28]
+    shirt = ((np.abs(xx - 14) < 6) & (yy > 3) & (yy < 25)) | (
+        (np.abs(xx - 14) < 11) & (yy > 3) & (yy < 12))
+    picture = (shirt * 220).astype(np.uint8)
+    framed = clothes(picture[None], 1, np.random.default_rng(0))[0]
+    uploaded = to_mnist(_png(shirt.astype(np.float32)))
+    assert np.abs(framed - uploaded).mean() < 0.02
+    drawn = picture / 255
+    assert np.abs(drawn - uploaded).mean() > 0.1  # what it would have trained on before
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +96,11 @@ def not_a_digit_model_path(mnist_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("not-a-digit")
     path = out / "model.npz"
+    # pictures of clothes from Debian's dataset-fashion-mnist (.ci/run installs it); without
+    # it the trainer warns and trains without them: nothing is downloaded in tests
     argv = ["--data-dir", str(mnist_dir), "--train-size", "6000", "--epochs", "4",
-            "--not-digits", "4000", "--pen-digits", "600", "--out", str(path),
-            "--checkpoint-dir", str(out / "checkpoints"), "--quiet"]
+            "--not-digits", "4000", "--pen-digits", "600", "--clothes", "600", "--no-download",
+            "--out", str(path), "--checkpoint-dir", str(out / "checkpoints"), "--quiet"]
     assert main(argv) == 0
     return path
 

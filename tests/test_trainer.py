@@ -281,6 +281,7 @@ def test_progress_bar_on_a_terminal():
          "leaves no pixels"),
         (["--threads", "-1"], "--threads: must be >= 0"),
         (["--checkpoint-dir", "{synth}/t10k-labels-idx1-ubyte.gz"], "--checkpoint-dir"),
+        (["--not-digits", "0", "--clothes", "10"], "--clothes adds pictures of clothes"),
     ],
 )
 def test_usage_errors(tmp_path, capsys, synth_dir, flags, message):
@@ -305,6 +306,26 @@ def exit_status(argv: list[str]) -> int:
 
 
 # -- training runs -----------------------------------------------------------------------------
+def test_clothes_come_from_fashion_mnist_or_a_warning_says_there_are_none(tmp_path, synth_dir,
+                                                                          monkeypatch, capsys):
+    """--clothes reads Fashion-MNIST from its own place ($FASHION_MNIST_DIR here: synthetic
+    files); where it cannot be had, the run warns, trains without and its file says so."""
+    flags = ("--epochs", "1", "--not-digits", "30", "--clothes", "20", "--no-download")
+    fashion = write_synthetic_mnist(tmp_path / "fashion", seed=1)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(fashion))
+    assert run(tmp_path, synth_dir, *flags, "--pen-digits", "10") == 0
+    meta = load(tmp_path / "model.npz")[1]
+    assert meta["training"]["clothes"] == 20 and meta["training"]["train_images"] == 460
+    assert "warning" not in capsys.readouterr().out
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    assert run(tmp_path, synth_dir, *flags, out="without.npz", ckpt="ck2") == 0
+    out = capsys.readouterr().out
+    assert "warning: no pictures of clothes among the not-digits" in out
+    meta = load(tmp_path / "without.npz")[1]
+    assert meta["training"]["clothes"] == 0 and meta["training"]["train_images"] == 430
+
+
 def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):
     assert run(tmp_path, synth_dir, "--epochs", "2") == 0
     out = capsys.readouterr().out
@@ -336,7 +357,8 @@ def test_augmentation_is_on_by_default_and_can_be_turned_off(tmp_path, synth_dir
     def trained(*flags: str) -> bool:
         argv = ["--data-dir", str(synth_dir), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
                 str(tmp_path / "ck"), "--arch", "mlp", "--hidden-dim", "8", "--train-size", "64",
-                "--epochs", "1", "--not-digits", "0", "--pen-digits", "0", "--quiet", *flags]
+                "--epochs", "1", "--not-digits", "0", "--pen-digits", "0",
+                "--quiet", *flags]
         assert cli.main(argv) == 0
         training = load(tmp_path / "m.npz")[1]["training"]
         return tuple(training[k] for k in ("augment", "elastic", "blur", "lowres"))

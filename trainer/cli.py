@@ -176,8 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
           type=_non_negative_int, metavar="N")
     hyper(train, "--pen-digits", "generated pen-drawn digits (tremor, pen widths, open 4s, "
                                  "crossed 7s, flagged 1s...) added to the training set "
-                                 "(default: 3000 for mnist, 0 for fashion-mnist)",
+                                 "(default: 2000 for mnist, 0 for fashion-mnist)",
           type=_non_negative_int, metavar="N")
+    hyper(train, "--clothes", "Fashion-MNIST training images (from $FASHION_MNIST_DIR, "
+                              "Debian's dataset-fashion-mnist or the cache, downloaded and "
+                              "checked when missing) added as not-digits beside the generated "
+                              "ones; without the data set, a warning and none (default: 2000 "
+                              "with --not-digits, else 0)", type=_non_negative_int, metavar="N")
     hyper(train, "--patience", "stop after N epochs without a better validation accuracy "
                                "(0: never)", type=_non_negative_int, metavar="N")
     hyper(train, "--seed", "same seed and flags give identical parameter arrays",
@@ -224,6 +229,9 @@ def parse(argv: list[str]) -> Job:
     if config.flag_ones and config.dataset != "mnist":
         raise UsageError(f"--flag-ones draws flags on handwritten 1s; --dataset {config.dataset} "
                          "has no digits: drop --flag-ones")
+    if config.clothes and not config.not_digits:
+        raise UsageError("--clothes adds pictures of clothes as not-digits: it needs "
+                         "--not-digits N (N > 0)")
     if (config.not_digits or config.pen_digits) and config.dataset != "mnist":
         raise UsageError(f"--not-digits and --pen-digits generate digits and what is not one; "
                          f"--dataset {config.dataset} has no digits: pass 0 or drop them")

@@ -29,6 +29,8 @@ DEFAULT_FLAG_ONES = {"mnist": True, "fashion-mnist": False}
 #: give the model its eleventh output and the file its decision, models.decision) and digits
 #: drawn with a pen; none for clothes.
 DEFAULT_NOT_DIGITS = {"mnist": 6000, "fashion-mnist": 0}
+#: Fashion-MNIST training images added as not-digits beside the generated ones (MNIST only).
+DEFAULT_CLOTHES = {"mnist": 2000, "fashion-mnist": 0}
 DEFAULT_PEN_DIGITS = {"mnist": 2000, "fashion-mnist": 0}
 #: Epochs by (data set, architecture), 20 elsewhere: MNIST's CNN sees the generated images
 #: too (58,000 images an epoch), so 18 of its epochs cost about what 20 of MNIST alone did
@@ -85,6 +87,7 @@ class TrainConfig:
     flag_ones: bool | None = None  # None: the data set's own, DEFAULT_FLAG_ONES
     not_digits: int | None = None  # None: the data set's own, DEFAULT_NOT_DIGITS
     pen_digits: int | None = None  # None: the data set's own, DEFAULT_PEN_DIGITS
+    clothes: int | None = None  # None: the data set's own, DEFAULT_CLOTHES
     patience: int = 0
     seed: int = 0
     train_size: int | None = None
@@ -111,6 +114,8 @@ class TrainConfig:
             self.not_digits = DEFAULT_NOT_DIGITS[self.dataset]
         if self.pen_digits is None:
             self.pen_digits = DEFAULT_PEN_DIGITS[self.dataset]
+        if self.clothes is None:
+            self.clothes = DEFAULT_CLOTHES[self.dataset] if self.not_digits else 0
 
     def to_dict(self) -> dict:
         """JSON-able: tuples become lists."""

@@ -15,7 +15,7 @@ from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
 from trainer.cli import EXIT_FAILURE, EXIT_OK
 from trainer.config import Job, TrainConfig, UsageError
-from trainer.data import DATASETS, MNIST, Split, load_mnist
+from trainer.data import DATASETS, MNIST, DataError, Split, load_mnist
 from trainer.factory import build_model, build_optimizer
 from trainer.flags import flag_ones
 from trainer.loop import Session, StopFlag, TrainingInterruptedError, fit, prepare
@@ -73,14 +73,28 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "trainer", *args])
 
 
-def load_data(job: Job, dataset: str) -> MNIST:
-    """The data set's three splits, downloading missing files unless told not to."""
+def load_data(job: Job, dataset: str, own_place: bool = False) -> MNIST:
+    """The data set's three splits, downloading missing files unless told not to; from
+    ``--data-dir``/``--data-file``, or with ``own_place`` from the data set's default place."""
     def log(message: str) -> None:  # download progress: stderr, so stdout stays the epoch log
         if not job.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    return load_mnist(job.data_dir, job.data_file, allow_download=job.download,
+    data_dir, data_file = (None, None) if own_place else (job.data_dir, job.data_file)
+    return load_mnist(data_dir, data_file, allow_download=job.download,
                       progress=not job.quiet and sys.stderr.isatty(), log=log, dataset=dataset)
+
+
+def load_clothes(job: Job, config: TrainConfig, progress: Progress) -> np.ndarray | None:
+    """Fashion-MNIST's training images for ``--clothes``; when the data set cannot be had (no
+    copy, no network), a warning, and ``config.clothes`` set to 0: the run, its checkpoints
+    and its model file then say that it trained without them."""
+    try:
+        return load_data(job, "fashion-mnist", own_place=True).train.images
+    except DataError as exc:
+        progress.message(f"warning: no pictures of clothes among the not-digits: {exc}")
+        config.clothes = 0
+        return None
 
 
 def train(job: Job, stop: StopFlag) -> int:
@@ -126,12 +140,14 @@ def train(job: Job, stop: StopFlag) -> int:
         progress.message(f"drew a flag on {flagged:,} of the {len(train_split):,} training images "
                          "(upright 1s; --no-flag-ones leaves them as they are)")
     if config.not_digits or config.pen_digits:
+        pictures = load_clothes(job, config, progress) if config.clothes else None
         # after the normalisation constants too: they stay those of the data set's images
         train_split = add_synthetic(train_split, config.pen_digits, config.not_digits,
-                                    config.seed)
-        progress.message(f"added {config.pen_digits:,} pen-drawn digits and "
-                         f"{config.not_digits:,} images that are not digits (--pen-digits, "
-                         "--not-digits)")
+                                    config.seed, pictures, config.clothes)
+        progress.message(f"added {config.pen_digits:,} pen-drawn digits, "
+                         f"{config.not_digits:,} generated images that are not digits and "
+                         f"{config.clothes:,} pictures of clothes (--pen-digits, --not-digits, "
+                         "--clothes)")
     prepared = prepare(train_split, data.val, preprocessing, config.augment_config())
 
     try:

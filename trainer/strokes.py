@@ -97,6 +97,8 @@ def render(shapes: Sequence[Shape], widths: Sequence) -> np.ndarray:
         return np.concatenate([render(shapes[i:i + RENDER_BLOCK], widths[i:i + RENDER_BLOCK])
                                for i in range(0, len(shapes), RENDER_BLOCK)])
     n = len(shapes)
+    if n == 0:
+        return np.zeros((0, SIDE, SIDE), dtype=np.float32)
     points, radii, owners = [], [], []
     for i, (shape, width) in enumerate(zip(shapes, widths)):
         per_stroke = np.broadcast_to(np.asarray(width, dtype=np.float32), (len(shape),))

@@ -4,7 +4,8 @@
 tremor and pens from a fine liner to a marker, so that a thin, even pen stroke stops
 signalling "not a digit". ``not_digits`` draws letters and symbols, doodles (stars, hearts,
 spirals, houses, arrows, faces, zigzags, scribbles...), photo-like textures and noise, framed
-as the server frames an upload (long side 20 pixels, mass centred). All in numpy, from the
+as the server frames an upload (long side 20 pixels, mass centred); ``clothes`` frames
+pictures of clothes (Fashion-MNIST's training images) the same way. All in numpy, from the
 caller's generator: the trainer never imports PIL.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from models import framing
 from trainer.data import Split
-from trainer.glyphs import DIGITS, SYMBOLS
-from trainer.strokes import SIDE, arc, fit_box, hand, line, render
+from trainer.glyphs import DIGITS, SYMBOLS, TYPESET
+from trainer.strokes import SIDE, arc, hand, line, path, render
 
 #: Pen widths in pixels of the 28x28 image: the range the server's pipeline leaves strokes in
 #: (it thickens hairlines and thins markers to 1.5-2.7 px), a little beyond on each side.
@@ -187,9 +189,110 @@ def _concentric(rng):
     return [arc(0.5, 0.5, 0.5 * (i + 1) / k, 0.5 * (i + 1) / k, 0, 360) for i in range(k)]
 
 
+def _note(rng):
+    heads = int(rng.integers(1, 3))
+    shape = []
+    for i in range(heads):
+        x = 0.25 + 0.5 * i
+        shape += [arc(x - 0.12, 0.85, 0.13, 0.09, 0, 360), line((x, 0.85), (x, 0.1))]
+    return shape + ([line((0.25, 0.1), (0.75, 0.1))] if heads == 2
+                    else [line((0.25, 0.1), (0.55, 0.3), (0.5, 0.45))])
+
+
+def _key(rng):
+    return [arc(0.2, 0.5, 0.18, 0.18, 0, 360), line((0.38, 0.5), (1, 0.5)),
+            line((0.8, 0.5), (0.8, 0.68)), line((0.92, 0.5), (0.92, 0.65))]
+
+
+def _umbrella(rng):
+    return [path(arc(0.5, 0.5, 0.5, 0.4, 180, 360), line((1, 0.5), (0, 0.5))),
+            path(line((0.5, 0.5), (0.5, 0.9)), arc(0.42, 0.9, 0.08, 0.08, 0, 180))]
+
+
+def _cup(rng):
+    return [line((0.1, 0.2), (0.2, 0.95), (0.7, 0.95), (0.8, 0.2), (0.1, 0.2)),
+            arc(0.82, 0.5, 0.15, 0.18, -80, 80)]
+
+
+def _birds(rng):
+    shape = []
+    for _ in range(int(rng.integers(1, 4))):
+        x, y, w = rng.uniform(0, 0.6), rng.uniform(0, 0.6), rng.uniform(0.2, 0.4)
+        shape.append(path(arc(x + w / 4, y + w / 4, w / 4, w / 5, 200, 340),
+                          arc(x + 3 * w / 4, y + w / 4, w / 4, w / 5, 200, 340)))
+    return shape
+
+
+def _boat(rng):
+    return [line((0, 0.6), (1, 0.6), (0.8, 0.9), (0.2, 0.9), (0, 0.6)),
+            line((0.5, 0.6), (0.5, 0)), line((0.5, 0.05), (0.85, 0.5), (0.5, 0.5))]
+
+
+def _crown(rng):
+    k = int(rng.integers(3, 6))
+    x = np.linspace(0, 1, 2 * k + 1)
+    y = np.where(np.arange(2 * k + 1) % 2 == 0, 0.0, 0.45)
+    return [np.concatenate([np.stack([x, y], 1), [[1, 1], [0, 1], [0, 0]]])]
+
+
+def _mountains(rng):
+    k = int(rng.integers(2, 5))
+    x = np.linspace(0, 1, 2 * k + 1)
+    y = np.where(np.arange(2 * k + 1) % 2 == 0, 1.0, rng.uniform(0, 0.6, 2 * k + 1))
+    return [np.stack([x, y], 1)]
+
+
+def _diamond(rng):
+    return [line((0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5), (0.5, 0))] + (
+        [line((0, 0.5), (1, 0.5))] if rng.random() < 0.5 else [])
+
+
+def _ticks(rng):
+    """Check marks and crosses, as on a form."""
+    if rng.random() < 0.5:
+        return [line((0, 0.5), (0.35, 1), (1, 0))]
+    return [line((0, 0), (1, 1)), line((1, 0), (0, 1))]
+
+
+def _loops(rng):
+    """A cursive line of loops (a signature, a spring)."""
+    k = rng.uniform(3, 7)
+    t = np.linspace(0, k * 2 * np.pi, int(40 * k))
+    return [np.stack([t / t[-1] * 3 + 0.35 * np.sin(t), 0.5 * np.cos(t) + rng.uniform(0, 0.3)
+                      * np.sin(t / 3)], 1)]
+
+
+def _bars(rng):
+    """A bar chart or a barcode: rectangles side by side."""
+    k = int(rng.integers(3, 8))
+    heights = rng.uniform(0.2, 1, k)
+    return [line((i / k, 1), (i / k, 1 - h), ((i + 0.7) / k, 1 - h), ((i + 0.7) / k, 1))
+            for i, h in enumerate(heights)] + [line((0, 1), (1, 1))]
+
+
+def _eye(rng):
+    return [path(arc(0.5, 1.0, 0.6, 0.6, 215, 325), arc(0.5, 0.0, 0.6, 0.6, 35, 145)),
+            arc(0.5, 0.5, 0.17, 0.17, 0, 360)]
+
+
+def _bumps(rng):
+    """A closed outline with bumps all round (a cloud, a bush, a sheep), or a few big ones."""
+    k = int(rng.integers(4, 10))
+    t = np.linspace(0, 2 * np.pi, 40 * k)
+    r = 0.5 + rng.uniform(0.08, 0.2) * np.abs(np.sin(k * t / 2 + rng.uniform(0, np.pi)))
+    return [np.stack([r * np.cos(t) * rng.uniform(1, 1.8), r * np.sin(t)], 1)]
+
+
+def _tally(rng):
+    k = int(rng.integers(3, 6))
+    shape = [line((i * 0.2, 0), (i * 0.2, 1)) for i in range(k)]
+    return shape + ([line((-0.1, 0.7), (0.9, 0.3))] if k == 5 else [])
+
+
 DOODLES = (_star, _heart, _spiral, _house, _arrow, _face, _zigzag, _scribble, _sun, _cloud,
            _flower, _polygon, _wave, _lightning, _coil, _grid, _stick_figure, _tree, _fish,
-           _envelope, _hatch, _concentric)
+           _envelope, _hatch, _concentric, _note, _key, _umbrella, _cup, _birds, _boat,
+           _crown, _mountains, _diamond, _ticks, _loops, _bars, _eye, _tally, _bumps)
 
 
 # --- photo-like textures and noise: ink maps framed as uploads ----------------------------
@@ -233,19 +336,60 @@ def _texture(rng) -> np.ndarray:
     else:  # a textured object on a smooth background
         ink = _smooth_field(rng, size) * rng.random((size, size)) ** 0.5
     ink = ink * (0.6 + 0.4 * _smooth_field(rng, size))  # uneven lighting
-    return fit_box(ink.astype(np.float32))
+    return _as_seen(ink.astype(np.float32))
+
+
+def _as_seen(ink: np.ndarray) -> np.ndarray:
+    """An ink map framed as the server frames an upload's ink: the ink scaled so that its
+    90th percentile is 1 (the server's ink stage), then ``models.framing.frame`` (the
+    normalisation stage itself: filled shapes are thinned, hairlines thickened)."""
+    visible = ink[ink > 0.01]
+    peak = float(np.percentile(visible, 90)) if visible.size else 1.0
+    return framing.frame(np.minimum(ink / max(peak, 1e-3), 1).astype(np.float32))
 
 
 def _box(yy, xx, top, bottom, left, right):
     return (yy >= top) & (yy <= bottom) & (xx >= left) & (xx <= right)
 
 
+THINGS = 7
+
+
+def _thing(yy: np.ndarray, xx: np.ndarray, kind: int, rng) -> np.ndarray:
+    """Coverage (float, 0-1) of a round subject of a photo: a crescent moon, a face, a coin,
+    a bottle, a cup seen from above, a head and shoulders, an animal's head."""
+    r = np.hypot(yy - 0.5, xx - 0.5)
+    if kind == 0:  # a crescent: a disc less a shifted disc
+        shift = rng.uniform(0.1, 0.35) * np.array([np.cos(a := rng.uniform(0, 6.3)), np.sin(a)])
+        return ((r < 0.45) & (np.hypot(yy - 0.5 - shift[0], xx - 0.5 - shift[1]) > 0.42)) * 1.0
+    if kind == 1:  # a face: a bright oval with dark eyes and mouth
+        face = (((yy - 0.5) / 0.48) ** 2 + ((xx - 0.5) / 0.36) ** 2 < 1) * 1.0
+        for cx in (0.36, 0.64):
+            face[np.hypot(yy - 0.4, xx - cx) < 0.05] = 0.2
+        face[(np.abs(yy - 0.72) < 0.03) & (np.abs(xx - 0.5) < 0.14)] = 0.3
+        return face
+    if kind == 2:  # a coin: a rim and an embossed face
+        return np.where(r < 0.38, 0.6 + 0.4 * (np.abs(r - 0.2) < 0.04), (r < 0.48) * 1.0)
+    if kind == 3:  # a bottle: a neck and a body
+        return ((_box(yy, xx, 0.35, 0.98, 0.3, 0.7) | _box(yy, xx, 0.02, 0.4, 0.44, 0.56))
+                | ((np.hypot(yy - 0.35, xx - 0.5) < 0.2) & (yy > 0.25))) * 1.0
+    if kind == 4:  # a cup from above: a dark drink in a bright rim, a handle
+        cup = (r < 0.4) * 1.0 + (_box(yy, xx, 0.42, 0.58, 0.8, 0.98)) * 1.0
+        return np.minimum(np.where(r < 0.3, rng.uniform(0.2, 0.5), cup), 1)
+    if kind == 5:  # a head and shoulders
+        return ((np.hypot(yy - 0.28, xx - 0.5) < 0.22)
+                | ((((yy - 1.0) / 0.45) ** 2 + ((xx - 0.5) / 0.48) ** 2) < 1)) * 1.0
+    ears = (np.abs(xx - 0.5) > 0.15) & (yy < 0.45) & (np.abs(xx - 0.5) < 0.45 - (0.45 - yy) * 0.5)
+    return ((np.hypot(yy - 0.58, xx - 0.5) < 0.38) | ears) * 1.0  # an animal's head
+
+
 def _silhouette(rng) -> np.ndarray:
     """A filled, shaded object photographed on a plain ground, as catalogue pictures of
-    clothes, bags and shoes are: shirts, trousers, dresses, bags, shoes, as unions of boxes."""
+    clothes, bags and shoes are (shirts, trousers, dresses, bags, shoes, as unions of boxes),
+    or the round subjects of ordinary photos (``_thing``)."""
     size = 48
     yy, xx = np.mgrid[0:size, 0:size] / size
-    kind = int(rng.integers(5))
+    kind = int(rng.integers(5 + THINGS))
     w = rng.uniform(0.3, 0.45)
     if kind == 0:  # a shirt or a coat: body and sleeves
         sleeve = rng.uniform(0.3, 0.8)
@@ -262,16 +406,18 @@ def _silhouette(rng) -> np.ndarray:
     elif kind == 3:  # a bag: a box and a handle
         inside = _box(yy, xx, 0.35, 0.95, 0.05, 0.95) | (
             (np.abs(np.hypot(yy - 0.35, xx - 0.5) - 0.2) < 0.04) & (yy < 0.35))
-    else:  # a shoe: a sole and a heel or an ankle
+    elif kind == 4:  # a shoe: a sole and a heel or an ankle
         inside = _box(yy, xx, 0.55, 0.8, 0.02, 0.98) | _box(yy, xx, 0.25, 0.8, 0.02,
                                                             rng.uniform(0.3, 0.55))
+    else:  # things photographed: round and lit, often with darker parts
+        inside = _thing(yy, xx, kind - 5, rng)
     shade = 0.4 + 0.6 * _smooth_field(rng, size)
     if rng.random() < 0.5:  # a print, stripes or a texture on the fabric
         shade = shade * (0.6 + 0.4 * rng.random((size, size)) ** rng.uniform(0.3, 3))
     ink = inside * shade * rng.uniform(0.5, 1.0)
     if rng.random() < 0.5:
         ink = ink[:, ::-1]
-    return fit_box(ink.astype(np.float32))
+    return _as_seen(ink.astype(np.float32))
 
 
 def _serifs(shape: list, rng: np.random.Generator) -> list:
@@ -302,18 +448,25 @@ def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None 
     drawn = np.flatnonzero(np.isin(kind, [names.index(k) for k in ("symbols", "doodles")
                                           if k in names]))
     symbols = list(SYMBOLS.values())
+    typeset = list(SYMBOLS.values()) + list(TYPESET.values())
     shapes, widths = [], []
     for i, width in zip(drawn, _widths(len(drawn), rng)):
+        # letters, symbols and doodles come wider than the stroke table's narrow, handwritten
+        # proportions too (a font's ">" is wider than tall); never narrower, which would
+        # make an L or a T a 1
+        wider = np.array([rng.uniform(1.0, 1.6), 1.0])
         if names[kind[i]] == "symbols":
-            shape = symbols[int(rng.integers(len(symbols)))]
             if rng.random() < 0.5:  # typeset: serifs, thick and thin strokes, no tremor
+                shape = [s * wider for s in typeset[int(rng.integers(len(typeset)))]]
                 shape = shape + _serifs(shape, rng)
                 shapes.append(hand(shape, rng, tremor=0.0, rotation=8, wobble=0.005))
                 widths.append(width * rng.uniform(0.5, 1.3, len(shape)))
                 continue
+            shape = symbols[int(rng.integers(len(symbols)))]
         else:
             shape = DOODLES[int(rng.integers(len(DOODLES)))](rng)
-        shapes.append(hand(shape, rng, tremor=rng.uniform(0.0, 0.8), rotation=20))
+        shapes.append(hand([s * wider for s in shape], rng, tremor=rng.uniform(0.0, 0.8),
+                           rotation=20))
         widths.append(width)
     if shapes:
         out[drawn] = render(shapes, widths)
@@ -327,12 +480,26 @@ def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None 
 SYNTHETIC_STREAM = 0x73796E74
 
 
-def add_synthetic(split: Split, pen: int, negatives: int, seed: int) -> Split:
-    """``split`` with ``pen`` pen-drawn digits and ``negatives`` images
-    labelled 10 ("not a digit") appended; the same arguments give the same arrays."""
+def clothes(pictures: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 28, 28) float32: ``n`` of ``pictures`` (Fashion-MNIST's, uint8 or float in [0, 1],
+    light on black) picked at random, as the server would frame them uploaded (the pipeline
+    thins what is filled: a shirt reaches the model as its outline's skeleton, not as drawn)."""
+    pick = np.sort(rng.choice(len(pictures), n, replace=False))
+    scale = 255.0 if pictures.dtype == np.uint8 else 1.0
+    return np.stack([_as_seen(pictures[i] / np.float32(scale)) for i in pick]) if n else (
+        np.zeros((0, SIDE, SIDE), dtype=np.float32))
+
+
+def add_synthetic(split: Split, pen: int, negatives: int, seed: int,
+                  pictures: np.ndarray | None = None, n_clothes: int = 0) -> Split:
+    """``split`` with ``pen`` pen-drawn digits, ``negatives`` generated images and ``n_clothes``
+    of ``pictures`` (clothes) labelled 10 ("not a digit") appended; the same arguments give
+    the same arrays."""
     rng = np.random.default_rng([seed, SYNTHETIC_STREAM])
     pen_images, pen_labels = pen_digits(pen, rng)
     negative_images, _ = not_digits(negatives, rng)
-    return Split(np.concatenate([split.images, pen_images, negative_images]),
+    worn = clothes(pictures, n_clothes, rng) if n_clothes else np.zeros((0, SIDE, SIDE),
+                                                                        np.float32)
+    return Split(np.concatenate([split.images, pen_images, negative_images, worn]),
                  np.concatenate([split.labels, pen_labels,
-                                 np.full(negatives, 10, dtype=np.int64)]))
+                                 np.full(negatives + len(worn), 10, dtype=np.int64)]))
