@@ -8,11 +8,20 @@ from autodiff import ComputationGraphNode, Parameter, ReLU, TanH, affine_transfo
 from models.init import glorot_init, kaiming_init, zero_init
 from models.module import Module, ModuleList
 
+#: Parameters a model file may declare: checked before its network is built, so that a small
+#: file cannot make a loader allocate gigabytes (64 MB in float32; our models have < 1 M).
+MAX_PARAMETERS = 16_000_000
+
 
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _dense_count(sizes: list[int]) -> int:
+    """Parameters of linear layers sizes[0] -> sizes[1] -> ...: weights and biases."""
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 class LinearNetwork(Module):
@@ -30,6 +39,12 @@ class LinearNetwork(Module):
         """Glorot weights (Kaiming with ``relu=True``, for a layer followed by ReLU), zero bias."""
         (kaiming_init if relu else glorot_init)(self.W.value, rng)
         zero_init(self.b.value)
+
+    @staticmethod
+    def parameter_count(dim_input: int, dim_output: int) -> int:
+        """Parameters of ``LinearNetwork(dim_input, dim_output)``, without building it."""
+        return _dense_count([_positive_int(dim_input, "dim_input"),
+                             _positive_int(dim_output, "dim_output")])
 
     def forward(self, x) -> ComputationGraphNode:
         if not isinstance(x, ComputationGraphNode):
@@ -61,6 +76,15 @@ class DeepNetwork(Module):
         )
         self.init_parameters(rng)
 
+    @staticmethod
+    def parameter_count(dim_input: int, dim_output: int, hidden_dim: int, n_layers: int,
+                        tanh: bool = False) -> int:
+        """Parameters of ``DeepNetwork(...)`` with these arguments, without building it."""
+        hidden = _positive_int(hidden_dim, "hidden_dim")
+        inner = (_positive_int(n_layers, "n_layers") - 1) * (hidden + 1) * hidden
+        return inner + _dense_count([_positive_int(dim_input, "dim_input"), hidden,
+                                     _positive_int(dim_output, "dim_output")])
+
     def init_parameters(self, rng: np.random.Generator | None = None) -> None:
         """Kaiming for layers followed by ReLU, Glorot for tanh layers and the output layer."""
         for i, layer in enumerate(self.layers):
@@ -90,11 +114,27 @@ class DeepNetwork(Module):
 NETWORKS = {cls.__name__: cls for cls in (LinearNetwork, DeepNetwork)}
 
 
-def build(config: dict, rng: np.random.Generator | None = None, dtype=np.float32) -> Module:
-    """The network a ``config()`` describes (freshly initialised)."""
+def parameter_count(config: dict) -> int:
+    """The number of parameters the network a ``config()`` describes has, without building it;
+    ValueError for a config ``build`` would refuse, or one of more than MAX_PARAMETERS."""
     if not isinstance(config, dict) or config.get("class") not in NETWORKS:
         known = ", ".join(NETWORKS)
         raise ValueError(f"unknown architecture {config!r}: expected a dict with class in {known}")
+    kwargs = {k: v for k, v in config.items() if k != "class"}
+    try:
+        count = NETWORKS[config["class"]].parameter_count(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"invalid {config['class']} config {kwargs}: {exc}") from exc
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{config['class']} with {count:,} parameters: more than the "
+                         f"{MAX_PARAMETERS:,} a model may have")
+    return count
+
+
+def build(config: dict, rng: np.random.Generator | None = None, dtype=np.float32) -> Module:
+    """The network a ``config()`` describes (freshly initialised); its size is checked first
+    (``parameter_count``)."""
+    parameter_count(config)
     kwargs = {k: v for k, v in config.items() if k != "class"}
     try:
         return NETWORKS[config["class"]](**kwargs, rng=rng, dtype=dtype)

@@ -91,8 +91,9 @@ def reload_model(app: Flask) -> tuple[bool, str]:
     """Load MODEL_PATH again (gunicorn's HUP): whether it now serves, and one line for the log.
 
     The new file replaces the served model only if it loads and passes the self-test; if not,
-    the current model keeps serving and ``reload_error`` names the file and the problem for
-    /readyz. Never raises: it runs in gunicorn's master, which an exception would stop.
+    the current model keeps serving and ``reload_error`` names the file (its name: /readyz is
+    unauthenticated, the path stays in the log) and the problem for /readyz. Never raises: it
+    runs in gunicorn's master, which an exception would stop.
     """
     serving = state.get_serving(app)
     path = app.config["MODEL_PATH"]
@@ -103,9 +104,10 @@ def reload_model(app: Flask) -> tuple[bool, str]:
     except ModelFileError as exc:
         problem = exc.problem
     except Exception as exc:  # whatever the file holds, the master and the old model survive
-        problem = f"{type(exc).__name__}: {exc}"
+        log.exception("model reload from %s failed", path)
+        problem = f"unexpected {type(exc).__name__} while loading it (the server log has it)"
     if problem is not None:
-        serving.reload_error = {"file": str(path), "error": problem}
+        serving.reload_error = {"file": Path(path).name, "error": problem}
         return False, f"model reload refused, still serving {old_id}: {path}: {problem}"
     serving.model = model
     serving.reload_error = None

@@ -84,3 +84,30 @@ def running_gunicorn(model: Path, log: Path, metrics_dir: Path | None = None,
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def worker_pids(master: int) -> list[int]:
+    """The pids of gunicorn's live workers: the master's children, in start order."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == master and state != "Z":
+            children.append(int(entry.name))
+    return sorted(children)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Memory figures of a process from /proc/PID/status, in bytes: VmRSS (resident now) and
+    VmHWM (its peak resident size, the "high water mark")."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            figures[name] = int(value.split()[0]) * 1024  # reported in kB
+    return figures
