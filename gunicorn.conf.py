@@ -24,8 +24,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 # prometheus_client picks multiprocess mode when it is imported, from this variable, so it
 # must be set now. Without it each worker would report only its own counts on /metrics.
+# Workers write those files through mmap: on a full filesystem they die of SIGBUS, so they
+# live in /dev/shm, apart from /tmp, which other files can fill.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _created = tempfile.mkdtemp(prefix="digitgrad-prometheus-")
+    _shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    _created = tempfile.mkdtemp(prefix="digitgrad-prometheus-", dir=_shm)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created
     _master = os.getpid()
     # Removed when the master exits, also after a failed start (no on_exit hook then). Workers
@@ -162,6 +165,9 @@ def pre_request(worker, req):
     parsed, in the thread that serves the request, before the app reads the body.
     """
     req.unreader.sock.settimeout(CLIENT_READ_TIMEOUT)
+    from server.gunicorn_hooks import defer_continue
+
+    defer_continue(req)  # "100 Continue" only once the app reads the body, past its size checks
 
 
 def post_request(worker, req, environ, resp):
@@ -178,8 +184,19 @@ def post_request(worker, req, environ, resp):
             pass  # already gone
 
 
-def child_exit(server, worker):
-    """Tell prometheus_client a worker is gone, so its live gauges stop being reported."""
-    from prometheus_client import multiprocess
+def post_fork(server, worker):
+    """gunicorn's own error pages (a request it cannot parse) in the JSON envelope, quoting
+    nothing of the request (server/gunicorn_hooks.py)."""
+    import gunicorn.util
 
-    multiprocess.mark_process_dead(worker.pid)
+    from server.gunicorn_hooks import json_error_page
+
+    gunicorn.util.write_error = json_error_page
+
+
+def child_exit(server, worker):
+    """Fold a gone worker's metric files into the retired ones: the directory stays the same
+    size across reloads (server/metrics.py)."""
+    from server.metrics import retire_worker
+
+    retire_worker(worker.pid)

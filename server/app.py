@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask
 
 from models import ModelFileError
-from server import api, imaging, metrics, state, v2
+from server import api, bodies, imaging, metrics, state, v2
 from server.errors import register_error_handlers
 from server.model import LoadedModel
 
@@ -23,8 +23,12 @@ DEFAULTS = {
     # above any phone camera.
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_BATCH_FILES": 16,
+    # Bytes of request bodies one worker process holds at once, all its threads together
+    # (server/bodies.py); None: a full batch and four single uploads.
+    "MAX_BODY_BYTES_PER_WORKER": None,
 }
-INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES")
+INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES",
+                "MAX_BODY_BYTES_PER_WORKER")
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ def load_settings(config: Mapping | None = None) -> dict:
     settings.update({k: os.environ[k] for k in DEFAULTS if k in os.environ})
     settings.update(config or {})
     for key in INT_SETTINGS:
+        if key == "MAX_BODY_BYTES_PER_WORKER" and settings[key] is None:
+            settings[key] = body_bytes_per_worker(settings)
         value = settings[key]
         try:
             number = int(value)
@@ -54,10 +60,19 @@ def load_settings(config: Mapping | None = None) -> dict:
     return settings
 
 
+def body_bytes_per_worker(settings: Mapping) -> int:
+    """MAX_BODY_BYTES_PER_WORKER's default: the largest body a route takes (a batch of
+    MAX_BATCH_FILES uploads, with its framing) and four single uploads besides."""
+    upload = int(settings["MAX_UPLOAD_BYTES"])
+    return (int(settings["MAX_BATCH_FILES"]) + 4) * upload + 2 * bodies.FRAMING_BYTES
+
+
 def create_app(config: Mapping | None = None) -> Flask:
     """Build the app around the model at MODEL_PATH; StartupError if it cannot be served."""
     settings = load_settings(config)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.request_class = bodies.InMemoryRequest
+    app.wsgi_app = bodies.BodyBudget(settings["MAX_BODY_BYTES_PER_WORKER"]).wrap(app.wsgi_app)
     app.config.update(settings)
     # Flask refuses bigger bodies with 413, multipart and raw alike, before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_UPLOAD_BYTES"]

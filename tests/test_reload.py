@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -248,3 +249,29 @@ def test_hostile_files_neither_hang_nor_swell_the_master(served):
     # The file is read to its metadata, no further: the master stays near its start-up size
     # (its peak covers the app and two loads of this small model).
     assert proc_status(process.pid)["VmHWM"] < 150 * 2**20
+
+
+def test_reloads_keep_the_metrics_directory_small_and_the_totals(tiny_model_path, tmp_path):
+    """Each HUP starts new workers; the files of the old ones are folded into one per type
+    (server/metrics.py retire_worker), and every count survives."""
+    metrics_dir = tmp_path / "prometheus"
+    with running_gunicorn(tiny_model_path, tmp_path / "gunicorn.log", metrics_dir) as (
+            base, process):
+        png = digit_png()
+        sent = 0
+        for _ in range(4):
+            for _ in range(10):
+                assert request(base + "/predict", png, {"Content-Type": "image/png"})[0] == 200
+                sent += 1
+            old = set(worker_pids(process.pid))
+            process.send_signal(signal.SIGHUP)
+            wait_until(lambda old=old: len(worker_pids(process.pid)) == 2
+                       and not old & set(worker_pids(process.pid)))
+        # the files of two live workers (a counter and a histogram each, once they have
+        # served) and of the retired ones: not one per worker ever started (10 here)
+        files = sorted(path.name for path in metrics_dir.iterdir())
+        assert len(files) <= 6 and "counter_retired.db" in files, files
+        status, body = request(base + "/metrics")
+    line = re.search(rb'digitgrad_http_requests_total\{method="POST",route="/predict",'
+                     rb'status="200"\} (\S+)', body)
+    assert status == 200 and line and float(line.group(1)) == sent

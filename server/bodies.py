@@ -1,0 +1,133 @@
+"""Request bodies: held in memory, never spooled to disk, and bounded in bytes per worker.
+
+werkzeug spools each uploaded file over 500 kB to a temporary file: in a container /tmp is a
+small tmpfs shared with other files, and a full batch (16 x 5 MB) filled it (ENOSPC: 500s).
+Uploads are bounded by the routes' body limits (413 before anything is read), so here they
+simply stay in memory (``InMemoryRequest``).
+
+The routes bound one body; ``BodyBudget`` bounds the bodies one worker holds at once, whatever
+its thread count: every byte read from a request's body is counted against
+MAX_BODY_BYTES_PER_WORKER until the request ends, and a request whose next read would go past
+it is answered 503 with Retry-After. Bytes are counted as they arrive, not as declared, so a
+client announcing a large body and trickling it holds only what it sent; and a refused read
+never waits, so requests can never deadlock waiting for each other's bytes.
+
+A body whose framing the server cannot parse (a bad chunk size or terminator under gunicorn)
+is a 400 here, whatever server reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterable
+
+from flask import Request
+from werkzeug.exceptions import BadRequest, ServiceUnavailable
+
+#: Bytes a batch body may add to its files: multipart boundaries and part headers, or JSON.
+FRAMING_BYTES = 64 * 1024
+#: Seconds a client refused for the budget is asked to wait (Retry-After).
+RETRY_AFTER = 1
+
+
+class InMemoryRequest(Request):
+    """Flask's request, with uploaded files kept in memory instead of temporary files."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        return io.BytesIO()
+
+
+class BodiesOverBudget(ServiceUnavailable):
+    """Reading this body would take the worker past its bytes of bodies held at once."""
+
+    error_code = "server_busy"
+    description = ("The server is receiving too many request bodies at once; send the "
+                   "request again in a moment.")
+
+    def __init__(self) -> None:
+        super().__init__(retry_after=RETRY_AFTER)
+
+
+class MalformedBody(BadRequest):
+    """The body's framing (chunked transfer coding) could not be parsed."""
+
+    error_code = "bad_request"
+    description = ("The request body is malformed (its chunked framing could not be read): "
+                   "send it again, with a Content-Length or valid chunks.")
+
+
+class BodyBudget:
+    """A worker's budget of request-body bytes held at once, shared by all its threads."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> None:
+        """Count ``count`` more bytes as held; BodiesOverBudget (nothing taken) past the max."""
+        with self._lock:
+            if self.held + count > self.max_bytes:
+                raise BodiesOverBudget()
+            self.held += count
+
+    def give_back(self, count: int) -> None:
+        with self._lock:
+            self.held -= count
+
+    def wrap(self, wsgi_app: Callable) -> Callable:
+        """``wsgi_app`` with every request's body counted against this budget until it ends.
+
+        Flask's ``wsgi_app`` handles the whole request before it returns (the request, its
+        data and files are released by then), so the bytes are given back right after.
+        """
+
+        def counted_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            body = CountedBody(environ["wsgi.input"], self)
+            environ["wsgi.input"] = body
+            try:
+                return wsgi_app(environ, start_response)
+            finally:
+                self.give_back(body.count)
+
+        return counted_app
+
+
+class CountedBody:
+    """A WSGI input stream whose bytes are taken from a BodyBudget as they are read."""
+
+    def __init__(self, stream, budget: BodyBudget):
+        self._stream = stream
+        self._budget = budget
+        self.count = 0
+
+    def _took(self, data: bytes) -> bytes:
+        self._budget.take(len(data))
+        self.count += len(data)
+        return data
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError:
+            raise  # the client went away or stalled: werkzeug answers those (400, 408)
+        except Exception as exc:  # the server's parser refused the framing (gunicorn's errors)
+            raise MalformedBody() from exc
+
+    def read(self, size: int = -1) -> bytes:
+        return self._took(self._call("read", size))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._took(self._call("readline", size))
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = self._call("readlines", hint)
+        self._budget.take(sum(map(len, lines)))
+        self.count += sum(map(len, lines))
+        return lines
+
+    def __iter__(self):
+        while line := self.readline():
+            yield line
