@@ -38,7 +38,7 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.test
-	$(BIN)/python bench/engine.py
+	$(BIN)/python -m bench.engine
 
 # requirements.lock: the runtime dependencies the Docker image installs, exact versions with
 # hashes, compiled for the image's Python (3.11 on Linux) whatever Python runs here. Run after

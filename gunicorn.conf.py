@@ -6,7 +6,8 @@ Environment: MODEL_PATH (model file, default model.npz), BIND or PORT (default 0
 WEB_CONCURRENCY (worker processes), GUNICORN_THREADS (threads per worker),
 CLIENT_READ_TIMEOUT (seconds a request body may stall),
 PROMETHEUS_MULTIPROC_DIR (where workers share metrics; a private temporary directory if unset),
-and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES).
+and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES): docs/serving.md.
+The measurements behind these choices are in docs/benchmarks.md.
 """
 
 import atexit
@@ -52,44 +53,15 @@ def _cpus() -> int:
 # One worker per core: prediction is CPU-bound (decode, preprocessing, matrix products), so
 # more processes than cores only add switching. WEB_CONCURRENCY is the platforms' convention.
 workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
-# Slow clients. A thread reading an upload is held for as long as the client takes to send
-# it: with the old 4 threads per worker, 32 uploads that sent their headers and 4 bytes of a
-# 100 kB body, then stalled, held every thread, and /healthz and /predict from another
-# client waited > 30 s (never answered); the stalled uploads were never dropped. So threads
-# are cheap waiters (many per worker; each idle thread costs a stack, not CPU), the work is
-# bounded apart from them (server/api.py lets one request per worker decode or run the model
-# at a time, COMPUTE_SLOTS in server/state.py, so memory and GIL contention do not grow with
-# the thread count), and a read or write that makes no
-# progress for CLIENT_READ_TIMEOUT seconds fails (pre_request below): the app answers 408
-# and the connection is closed. Measured with 32 stalled uploads, 2 workers, loopback:
-#   gthread, 4 threads, no read deadline:  /healthz, /predict time out (> 30 s)
-#   gthread, 4 threads, 5 s read deadline: some requests still > 30 s (queued behind stalls)
-#   gthread, 40 threads, 5 s deadline:     /healthz 8-36 ms, /predict 13-72 ms, stalls
-#                                          answered at 5.1 s, a 1.7 MB photo sent in 64 kB
-#                                          pieces every 0.25 s still answered 200
-#   gevent, 5 s deadline:                  /healthz 9-38 ms, /predict 9-110 ms, stalls 5.0 s
-#   this file (gthread, 64 threads, 5 s):  /healthz 1-14 ms, /predict 3-238 ms, stalls 408
-#                                          at 5.1 s, the slow photo 200; with 100 stalls:
-#                                          /healthz 7-8 ms, /predict 16-50 ms, 408 at 5.1-5.5 s
-# (a machine shared with other jobs, load average 10-15 on 2 cores: latencies are inflated.)
-# gevent would hold any number of stalls, not just fewer than `threads` per worker, but it
-# is a new runtime dependency (gevent, greenlet, zope.*: C extensions) that monkey-patches
-# the whole process (awkward with preload_app), for no gain in these figures or in
-# throughput (wrk, same machine: /predict 28x28 PNG 480-500 req/s gthread vs 390-430
-# gevent). Beyond ~`threads` stalled uploads per worker, a new request waits up to the read
-# deadline for a thread. Not covered here: a client that trickles its request *headers* (a
-# byte now and then) holds a thread for as long as it likes, since the deadline is set once
-# the headers are parsed (gunicorn's only hook before the body); nor one that trickles its
-# body a byte every few seconds. An internet-facing deployment should sit behind a buffering
-# proxy (nginx, a cloud load balancer), which holds slow clients instead of the app.
-# Behind such a proxy fewer threads are a little cheaper: GUNICORN_THREADS=8 against 64,
-# 10 paired rounds of bench/serve.py's load (16 keep-alive clients, 2 workers), CPU per request
-# 0.88x on /healthz (8 rounds of 10 lower) and 0.93x on the 28x28 PNG /predict (6 of 10). With
-# 64 the pool grows to ~15 threads for 8 connections; why fewer cost less is not established.
+# Many threads per worker, for slow clients: a thread reading an upload is held as long as the
+# client takes to send it, and an idle one costs a stack, not CPU; the work is one upload or
+# forward pass at a time per worker (COMPUTE_SLOTS, server/state.py). gthread, not gevent (a
+# C-extension dependency that monkey-patches the process): docs/serving.md, docs/benchmarks.md.
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 # Seconds a client may leave a request body (or our response) without progress: a photo on a
-# slow mobile link still moves every few hundred milliseconds; a stalled one is dropped.
+# slow mobile link still moves every few hundred milliseconds; a stalled one gets 408 and is
+# dropped (pre_request below), so stalls do not hold threads for ever.
 CLIENT_READ_TIMEOUT = float(os.environ.get("CLIENT_READ_TIMEOUT", "5"))
 
 # --- time limits ----------------------------------------------------------------------------
@@ -104,17 +76,10 @@ graceful_timeout = 20
 keepalive = 5
 
 # --- loading the app ------------------------------------------------------------------------
-# Load the app (and the model) once in the master, then fork: the model's arrays are shared
-# copy-on-write, workers start instantly, and a missing or invalid model stops the master at
-# once with one "Error: <file>: <problem>" line instead of workers crash-looping.
-# A new model without a restart: replace the file atomically (rename over it) and send the
-# master SIGHUP. The master loads and self-tests the new file *before* forking the new workers
-# (on_reload below), so they start on it while the old workers finish their requests and exit:
-# the listening socket never closes and no request is lost. A file that fails to load is
-# refused in the master: the new workers fork with the last good model, one log line says
-# why, and /readyz (still 200) names the file under "reload_error". Workers never load the
-# file themselves, so a bad file cannot crash-loop them. Keep preload_app on: without it a
-# HUP makes every new worker load the file, and one that cannot stops the whole server.
+# Load the app (and the model) once in the master, then fork: the arrays are shared
+# copy-on-write, and a bad model stops the master with one line instead of workers
+# crash-looping. Keep it on for SIGHUP: the master vets a new file before forking (on_reload,
+# docs/serving.md); without it every new worker loads the file, and one that cannot stops all.
 preload_app = True
 # The heartbeat file workers touch every few seconds: in memory, because a container's
 # overlay filesystem can stall those writes and get healthy workers killed.
@@ -174,8 +139,8 @@ def post_request(worker, req, environ, resp):
     """After a 408 (a stalled body, see pre_request), shut the connection at once.
 
     Otherwise gunicorn closes it "gracefully": on the worker's main thread, it waits up to 2 s
-    for the peer to close, and a stalled peer never does. Measured: 32 stalled uploads
-    blocked the main loop 32 x 2 s, so the worker accepted nothing and was killed as hung.
+    for the peer to close, and a stalled peer never does, so a few stalls block the worker
+    until it is killed as hung (docs/benchmarks.md, slow clients).
     """
     if resp is not None and resp.status_code == 408:
         try:

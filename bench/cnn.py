@@ -8,7 +8,7 @@ ratio of the medians (targets: training <= 1.2x, batch-1 inference < 1x). Steps 
 CPU time of the process (``time.process_time``), which a busy machine inflates far less than
 wall time: time spent descheduled is not counted.
 
-    python bench/cnn.py [--configs default lenet wide] [--batch-sizes 64 128] [--rounds 15]
+    python -m bench.cnn [--configs default lenet wide] [--batch-sizes 64 128] [--rounds 15]
                         [--steps 20] [--profile CONFIG]
 
 torch is an optional benchmark dependency (``pip install torch==2.13.0``): without it the
@@ -24,14 +24,11 @@ import pstats
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from autodiff import SGDWithMomentum, cross_entropy, no_grad, reuse_freed_memory  # noqa: E402
-from models import ConvNetwork  # noqa: E402
+from autodiff import SGDWithMomentum, cross_entropy, no_grad, reuse_freed_memory
+from models import ConvNetwork
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -142,7 +139,8 @@ def profile(torch, kwargs: dict, batch: int, steps: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cnn",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")

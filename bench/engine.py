@@ -4,13 +4,14 @@ Each step is forward, mean cross-entropy, backward and a momentum update, float3
 random batch. The two implementations alternate in one process (round robin), with one BLAS
 thread, so machine noise hits both alike; the figure that matters is the ratio of medians.
 
-    python bench/engine.py [--batch-sizes 64 256] [--rounds 30] [--steps 50]
+    python -m bench.engine [--batch-sizes 64 256] [--rounds 30] [--steps 50]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -95,12 +96,13 @@ def measure(batch: int, rounds: int, steps: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (median taken)")
     parser.add_argument("--steps", type=int, default=50, help="steps per round")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     targets = {64: 1.3, 256: 1.1}
     with threadpool_limits(limits=1):
         for batch in args.batch_sizes:
@@ -109,7 +111,8 @@ def main() -> None:
             target = f" (target <= {targets[batch]}x)" if batch in targets else ""
             print(f"batch {batch:4d}: numpy {t['numpy'] * 1e3:.3f} ms/step, "
                   f"digitgrad {t['digitgrad'] * 1e3:.3f} ms/step, ratio {ratio:.2f}x{target}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,9 @@
-"""KServe's own Python model server around our model, for bench/v2.py to compare against.
+"""KServe's own Python model server around our model, for bench.v2 to compare against.
 
 Runs under an interpreter that has the ``kserve`` package (a bench-only dependency, never a
-runtime one: bench/v2.py's --kserve-python):
+runtime one: bench.v2's --kserve-python), with the repository on its path:
 
-    python bench/kserve_model.py --model model.npz --http_port 8080 --workers 2
+    PYTHONPATH=. python -m bench.kserve_model --model model.npz --http_port 8080 --workers 2
 
 The ``digitgrad`` model takes ``pixels`` FP32 [N, 28, 28] in [0, 1] and answers
 ``probabilities`` FP32 [N, 10] and ``digit`` INT64 [N], like our V2 ``digitgrad`` model.
@@ -12,7 +12,6 @@ The ``digitgrad`` model takes ``pixels`` FP32 [N, 28, 28] in [0, 1] and answers
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import kserve
@@ -21,9 +20,7 @@ import uvicorn
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from server.model import LoadedModel  # noqa: E402
+from server.model import LoadedModel
 
 
 def listen_on_loopback() -> None:

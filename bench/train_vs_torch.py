@@ -1,8 +1,8 @@
 """Per-epoch training time of our trainer vs PyTorch (CPU), same network, same batches, one
 thread each.
 
-    python bench/train_vs_torch.py [--data-dir DIR] [--repeats 5] [--batch-size 64]
-                                   [--arch cnn|mlp] [--hidden-dims 128 192 256]
+    python -m bench.train_vs_torch [--data-dir DIR] [--repeats 5] [--batch-size 64]
+                                   [--arch cnn|mlp] [--hidden-dim 128 192 256]
 
 Epochs of ours and of torch alternate in one process (ours first on even rounds, torch first on
 odd ones), so that machine noise hits both alike; the medians and their ratio are printed.
@@ -17,18 +17,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from models import preprocessing_config  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import DataError, load_mnist  # noqa: E402
-from trainer.factory import build_model, build_optimizer, build_schedule  # noqa: E402
-from trainer.loop import Session, StopFlag, prepare, train_epoch  # noqa: E402
-from trainer.report import Progress  # noqa: E402
+from models import preprocessing_config
+from trainer.config import TrainConfig
+from trainer.data import DataError, load_mnist
+from trainer.factory import build_model, build_optimizer, build_schedule
+from trainer.loop import Session, StopFlag, prepare, train_epoch
+from trainer.report import Progress
 
 
 def torch_epoch(torch, net, optimizer, loss_fn, x, y, batch_size: int, order: np.ndarray) -> None:
@@ -58,7 +55,7 @@ def build_torch(torch, config: TrainConfig):
             layers += [nn.Conv2d(channels, c, k, padding=p), nn.ReLU(), nn.MaxPool2d(2)]
             size, channels = (size + 2 * p - k + 1) // 2, c
         layers.append(nn.Flatten())
-        width, hidden = channels * size * size, list(config.fc_dims)
+        width, hidden = channels * size * size, list(config.hidden_dims)
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
@@ -106,16 +103,18 @@ def bench(torch, data, config: TrainConfig, repeats: int) -> tuple[float, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.train_vs_torch",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="MNIST IDX files (default: $MNIST_DIR or the cache)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per framework")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=None, help="images per epoch")
     parser.add_argument("--arch", choices=("cnn", "mlp"), default="cnn",
-                        help="the default CNN, or MLPs of --hidden-dims")
-    parser.add_argument("--hidden-dims", type=int, nargs="+", metavar="N",
-                        help="mlp: time these widths (two hidden layers each), e.g. to find "
-                             "where the ratio crosses a target; default: the default MLP and 2x100")
+                        help="the default CNN, or an MLP of each --hidden-dim")
+    parser.add_argument("--hidden-dim", type=int, nargs="+", metavar="N",
+                        help="mlp: time an MLP of each of these hidden_dim values (two hidden "
+                             "layers each), e.g. to find where the ratio crosses a target; "
+                             "default: the default MLP and 2x100")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(train, mnist.val, pre, augment=None)
     torch.set_num_threads(1)
     default = TrainConfig(batch_size=args.batch_size, arch="mlp")
-    widths = args.hidden_dims or [default.hidden_dim, 100]
+    widths = args.hidden_dim or [default.hidden_dim, 100]
     # without augmentation: it runs on another thread, and torch would get none to compare with
     if args.arch == "mlp":
         configs = [TrainConfig(batch_size=args.batch_size, arch="mlp", hidden_dim=w,

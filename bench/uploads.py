@@ -15,13 +15,13 @@ Two measurements, printed side by side in one run:
 * MNIST round trip (when ``--mnist-dir`` or $MNIST_DIR holds the test files): the test images
   encoded as 28x28 PNGs through ``to_mnist`` versus the arrays fed directly.
 
-    python bench/uploads.py --model model.npz [--count 2000] [--hard-count 3000] [--seed 0]
+    python -m bench.uploads --model model.npz [--count 2000] [--hard-count 3000] [--seed 0]
                             [--mnist-dir DIR]
 
 Per-font accuracy, about 400 uploads per font (49 fonts), enough to tell a font at 90% from
 one at 95% (the 95% interval printed on the "lowest" line is about +-2.5 points there):
 
-    python bench/uploads.py --model model.npz --count 19600 --by font --hard-count 0 \
+    python -m bench.uploads --model model.npz --count 19600 --by font --hard-count 0 \
                             --number-count 0
 """
 
@@ -31,7 +31,6 @@ import argparse
 import gzip
 import io
 import os
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -40,11 +39,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from autodiff import no_grad  # noqa: E402
-from models import ModelFileError, load, to_model_input  # noqa: E402
-from server.imaging import (  # noqa: E402
+from autodiff import no_grad
+from models import ModelFileError, load, to_model_input
+from server.imaging import (
     ImageError,
     label,
     stroke_width,
@@ -457,7 +454,8 @@ def lowest(table: dict[str, dict[str, tuple]], tags: list[str], k: int = 5) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.uploads",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="model.npz", help="model file (default model.npz)")
     parser.add_argument("--count", type=int, default=2000, help="realistic uploads to render")
     parser.add_argument("--seed", type=int, default=0)

@@ -15,19 +15,20 @@ It prints req/s, p50/p99 latency and server CPU per request (medians over the ro
 ratio of our V2 req/s to KServe's (target >= 1.2), and each server's memory per process.
 
     python -m venv /tmp/kserve && /tmp/kserve/bin/pip install kserve flask pillow
-    python bench/v2.py --kserve-python /tmp/kserve/bin/python [--model model.npz]
+    python -m bench.v2 --kserve-python /tmp/kserve/bin/python [--model model.npz]
                        [--workers 2] [--concurrency 16] [--duration 6] [--rounds 5]
 
-(flask and pillow because bench/kserve_model.py imports our ``server.model``.)
+(flask and pillow because bench.kserve_model imports our ``server.model``.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,19 +38,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from serve import (  # noqa: E402 - bench/ is not a package
+from bench.loadgen import WRK_SCRIPT, measure_once, print_medians, round_ratios, run_wrk, small_png
+from bench.servers import (
     OPENER,
     REPO,
-    WRK_SCRIPT,
+    ServerError,
     free_port,
-    measure_once,
-    print_medians,
-    run_wrk,
-    small_png,
-    start_server,
-    wait_ready,
+    gunicorn_env,
+    gunicorn_process,
+    ready,
 )
 
 INFER = "/v2/models/digitgrad/infer"
@@ -63,17 +60,16 @@ def infer_body(png: bytes) -> bytes:
         "data": pixels.ravel().tolist()}]}).encode()
 
 
-def start_kserve(python: str, model: Path, port: int, workers: int, workdir: Path):
-    """bench/kserve_model.py under ``python``; returns (process, log) once the model is ready."""
-    log = open(workdir / "kserve.log", "wb")  # noqa: SIM115 - closed by the caller
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    process = subprocess.Popen(
-        [python, str(REPO / "bench" / "kserve_model.py"), "--model", str(model),
-         "--http_port", str(port), "--workers", str(workers)],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_ready("KServe", process, f"http://127.0.0.1:{port}/v2/models/digitgrad/ready",
-               workdir / "kserve.log", seconds=120)
-    return process, log
+def start_kserve(python: str, model: Path, port: int, workers: int,
+                 log: Path) -> subprocess.Popen:
+    """``python -m bench.kserve_model`` (the repo on its path: ``python`` has no digitgrad)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(REPO))
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [python, "-m", "bench.kserve_model", "--model", str(model),
+             "--http_port", str(port), "--workers", str(workers)],
+            cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def post(url: str, body: bytes, content_type: str) -> dict:
@@ -107,7 +103,8 @@ def memory_mb(master_pid: int) -> list[tuple[str, float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and measure, with every file in a temporary directory."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.v2",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--kserve-python", required=True,
                         help="python of a virtual environment with `pip install kserve`")
     parser.add_argument("--model", type=Path, default=REPO / "model.npz")
@@ -116,11 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    if shutil.which(args.kserve_python) is None:
+        parser.error(f"--kserve-python {args.kserve_python}: no such interpreter; make one with "
+                     "python -m venv VENV && VENV/bin/pip install kserve flask pillow")
     if not args.model.is_file():
         parser.error(f"no model file {args.model}: pass --model, a file written by "
                      "`python -m trainer`")
     with tempfile.TemporaryDirectory(prefix="digitgrad-bench-v2-") as tmp:
-        return measure(args, Path(tmp))
+        try:
+            return measure(args, Path(tmp))
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> int:
@@ -133,25 +137,26 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     print(f"model: {args.model}")
 
     load_before = os.getloadavg()[0]
-    ours_port, kserve_port = free_port(), free_port()
-    ours, ours_log = start_server(args.model, ours_port, workdir, args.workers)
-    try:
-        kserve, kserve_log = start_kserve(args.kserve_python, args.model, kserve_port,
-                                          args.workers, workdir)
-    except BaseException:
-        ours.terminate()
-        raise
-    servers = {"ours": ours, "KServe": kserve}
-    cases = [  # (name, server, URL, body file, Content-Type)
-        ("ours V2 infer JSON", "ours", f"http://127.0.0.1:{ours_port}{INFER}",
-         workdir / "infer.json", "application/json"),
-        ("KServe V2 infer JSON", "KServe", f"http://127.0.0.1:{kserve_port}{INFER}",
-         workdir / "infer.json", "application/json"),
-        ("ours /predict 28x28 PNG", "ours", f"http://127.0.0.1:{ours_port}/predict",
-         workdir / "digit28.png", "image/png"),
-    ]
-    results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
-    try:
+    with contextlib.ExitStack() as stack:
+        ours_base, ours = stack.enter_context(gunicorn_process(
+            gunicorn_env(args.model, workdir / "prometheus", WEB_CONCURRENCY=str(args.workers)),
+            workdir / "gunicorn.log"))
+        kserve_port = free_port()
+        kserve_base = f"http://127.0.0.1:{kserve_port}"
+        log = workdir / "kserve.log"
+        kserve = stack.enter_context(ready(
+            start_kserve(args.kserve_python, args.model, kserve_port, args.workers, log),
+            kserve_base, log, path="/v2/models/digitgrad/ready", seconds=120, name="KServe"))
+        servers = {"ours": ours, "KServe": kserve}
+        cases = [  # (name, server, URL, body file, Content-Type)
+            ("ours V2 infer JSON", "ours", ours_base + INFER, workdir / "infer.json",
+             "application/json"),
+            ("KServe V2 infer JSON", "KServe", kserve_base + INFER, workdir / "infer.json",
+             "application/json"),
+            ("ours /predict 28x28 PNG", "ours", ours_base + "/predict",
+             workdir / "digit28.png", "image/png"),
+        ]
+        results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
         body = (workdir / "infer.json").read_bytes()
         digits = {name: v2_digit(post(cases[i][2], body, "application/json"))
                   for i, name in enumerate(servers)}
@@ -164,13 +169,6 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
                 results[name].append(measure_once(run_wrk, servers[server].pid, url,
                                                   body_file, content_type, args, script))
         memory = {name: memory_mb(process.pid) for name, process in servers.items()}
-    finally:
-        for process in servers.values():
-            process.terminate()
-        for process in servers.values():
-            process.wait(timeout=60)
-        ours_log.close()
-        kserve_log.close()
 
     print(f"client: wrk, 1 thread, {args.concurrency} keep-alive connections, {args.rounds} "
           f"rounds x {args.duration:g} s per case, interleaved; {args.workers} workers each; "
@@ -178,14 +176,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
           f"before, {os.getloadavg()[0]:.1f} after (other processes skew clock-time figures)")
     medians = print_medians(results)
     ours_v2, kserve_v2, predict = (medians[name] for name, *_ in cases)
-    # Each round's two runs are seconds apart, so their ratio suffers least from the load of
-    # other processes; its median is the headline.
-    per_round = [o["rps"] / k["rps"] for o, k in zip(results[cases[0][0]],
-                                                     results[cases[1][0]])]
-    print(f"ours / KServe, V2 infer req/s: {statistics.median(per_round):.2f} (median of the "
-          f"rounds' ratios: {', '.join(f'{r:.2f}' for r in per_round)}; ratio of medians "
-          f"{ours_v2['rps'] / kserve_v2['rps']:.2f}; target >= 1.2); by server CPU per "
-          f"request: {kserve_v2['cpu_ms'] / ours_v2['cpu_ms']:.2f}")
+    print(f"ours / KServe, V2 infer req/s: {round_ratios(results, cases[0][0], cases[1][0])} "
+          f"(target >= 1.2; ratio of medians {ours_v2['rps'] / kserve_v2['rps']:.2f}); by "
+          f"server CPU per request: {kserve_v2['cpu_ms'] / ours_v2['cpu_ms']:.2f}")
     print(f"ours, V2 infer / /predict req/s: {ours_v2['rps'] / predict['rps']:.2f}")
     for name, rows in memory.items():
         listed = ", ".join(f"{role} RSS {rss:.0f} PSS {pss:.0f}" for role, rss, pss in rows)

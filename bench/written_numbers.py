@@ -12,7 +12,7 @@ Every number goes through the real app (Flask's test client, the same route, lim
 model as in production). Printed per source and length: numbers read exactly, numbers cut
 into the right count of digits, and digit accuracy among those.
 
-    python bench/written_numbers.py --model model.npz [--per-length 200] [--seed 0]
+    python -m bench.written_numbers --model model.npz [--per-length 200] [--seed 0]
                                     [--mnist-dir DIR]
 """
 
@@ -28,11 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from uploads import fonts, read_idx  # noqa: E402  (bench/ is on sys.path: this script's dir)
-
-from server import create_app  # noqa: E402
+from bench.uploads import fonts, read_idx
+from server import create_app
 
 LENGTHS = range(2, 7)
 
@@ -102,7 +99,8 @@ def build(per_length: int, seed: int, mnist: tuple | None) -> list[tuple[str, st
 
 def main(argv: list[str] | None = None) -> int:
     """Build the numbers, read them through the app, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.written_numbers",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("model.npz"))
     parser.add_argument("--per-length", type=int, default=200,
                         help="numbers per length (2-6 digits) and source")

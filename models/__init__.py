@@ -1,4 +1,4 @@
-"""Modules, initializers, the lab's networks, and saving/loading parameters as .npz."""
+"""Modules, initializers, the networks (the lab's and the CNN), and model files (.npz)."""
 
 from models.archive import (
     ModelFileError,
@@ -10,18 +10,21 @@ from models.archive import (
 from models.convnet import ConvNetwork
 from models.init import glorot_init, kaiming_init, zero_init
 from models.module import IncompatibleKeys, Module, ModuleList
-from models.networks import DeepNetwork, LinearNetwork, build
+from models.networks import DeepNetwork, DenseStack, LinearNetwork
 from models.preprocessing import preprocessing_config, to_model_input
+from models.registry import NETWORKS, build
 from models.serialization import load, save
 
 __all__ = [
     "ConvNetwork",
     "DeepNetwork",
+    "DenseStack",
     "IncompatibleKeys",
     "LinearNetwork",
     "ModelFileError",
     "Module",
     "ModuleList",
+    "NETWORKS",
     "atomic_write",
     "build",
     "glorot_init",

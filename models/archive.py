@@ -37,7 +37,7 @@ FORMAT_VERSION = 2
 META_KEY = "__meta__"
 DAMAGED = "not a valid .npz file: truncated or corrupted"
 #: Bytes an archive may hold, on disk and decompressed: a float64 checkpoint (parameters and
-#: momentum) of a model of models.networks.MAX_PARAMETERS parameters. Ours are under 10 MB.
+#: momentum) of a model of models.registry.MAX_PARAMETERS parameters. Ours are under 10 MB.
 MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
 #: Bytes of the JSON metadata string (numpy stores it as UTF-32).
 MAX_METADATA_BYTES = 4 * 1024 * 1024

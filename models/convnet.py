@@ -1,4 +1,4 @@
-"""ConvNetwork: conv → ReLU → max-pool blocks, then fully-connected ReLU layers, linear output."""
+"""ConvNetwork: conv → ReLU → max-pool blocks, then a DenseStack: ReLU layers, linear output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from autodiff import ComputationGraphNode, Conv2d, MaxPool2d, Parameter, ReLU
 from models.init import kaiming_init, zero_init
 from models.module import Module, ModuleList
-from models.networks import NETWORKS, LinearNetwork, _dense_count, _positive_int
+from models.networks import DenseStack, positive_int
 
 
 class ConvLayer(Module):
@@ -70,13 +70,13 @@ class ConvNetwork(Module):
                  paddings: Sequence[int] = (2, 0), pool: int = 2,
                  hidden_dims: Sequence[int] = (120, 84),
                  rng: np.random.Generator | None = None, dtype=np.float32):
-        self.dim_output = _positive_int(dim_output, "dim_output")
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.image_size = _positive_int(image_size, "image_size")
+        self.dim_output = positive_int(dim_output, "dim_output")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.image_size = positive_int(image_size, "image_size")
         self.channels = _sizes(channels, "channels")
         self.kernel_sizes = _sizes(kernel_sizes, "kernel_sizes", len(self.channels))
         self.paddings = _sizes(paddings, "paddings", len(self.channels), minimum=0)
-        self.pool = _positive_int(pool, "pool")
+        self.pool = positive_int(pool, "pool")
         self.hidden_dims = _sizes(hidden_dims, "hidden_dims")
         self.feature_size = _feature_size(self.image_size, self.kernel_sizes, self.paddings,
                                           self.pool)
@@ -87,9 +87,7 @@ class ConvNetwork(Module):
         )
         size = self.feature_size
         sizes = [widths[-1] * size * size] + self.hidden_dims + [self.dim_output]
-        self.layers = ModuleList(
-            LinearNetwork(a, b, rng=rng, dtype=dtype) for a, b in zip(sizes[:-1], sizes[1:])
-        )
+        self.layers = DenseStack(sizes, rng=rng, dtype=dtype)
         self.init_parameters(rng)
 
     @staticmethod
@@ -98,21 +96,21 @@ class ConvNetwork(Module):
                         paddings: Sequence[int] = (2, 0), pool: int = 2,
                         hidden_dims: Sequence[int] = (120, 84)) -> int:
         """Parameters of ``ConvNetwork(...)`` with these arguments, without building it."""
-        widths = [_positive_int(in_channels, "in_channels"), *_sizes(channels, "channels")]
+        widths = [positive_int(in_channels, "in_channels"), *_sizes(channels, "channels")]
         kernels = _sizes(kernel_sizes, "kernel_sizes", len(widths) - 1)
-        size = _feature_size(_positive_int(image_size, "image_size"), kernels,
+        size = _feature_size(positive_int(image_size, "image_size"), kernels,
                              _sizes(paddings, "paddings", len(kernels), minimum=0),
-                             _positive_int(pool, "pool"))
+                             positive_int(pool, "pool"))
         convs = sum((a * k * k + 1) * b for a, b, k in zip(widths[:-1], widths[1:], kernels))
-        return convs + _dense_count([widths[-1] * size * size, *_sizes(hidden_dims, "hidden_dims"),
-                                     _positive_int(dim_output, "dim_output")])
+        dense = [widths[-1] * size * size, *_sizes(hidden_dims, "hidden_dims"),
+                 positive_int(dim_output, "dim_output")]
+        return convs + DenseStack.parameter_count(dense)
 
     def init_parameters(self, rng: np.random.Generator | None = None) -> None:
         """Kaiming for every layer followed by ReLU, Glorot for the output layer, zero biases."""
         for conv in self.convs:
             conv.init_parameters(rng)
-        for i, layer in enumerate(self.layers):
-            layer.init_parameters(rng, relu=i < len(self.layers) - 1)
+        self.layers.init_parameters(rng)
 
     def _as_images(self, x) -> ComputationGraphNode:
         """x as an (N, C, H, W) node of the parameters' dtype."""
@@ -140,10 +138,7 @@ class ConvNetwork(Module):
             if self.pool > 1:  # pooling first is the same (max commutes with ReLU), and cheaper
                 x = MaxPool2d()(x, self.pool)
             x = ReLU()(x)
-        x = x.reshape(x.shape[0], -1)
-        for layer in self.layers[:-1]:
-            x = ReLU()(layer(x))
-        return self.layers[-1](x)
+        return self.layers(x.reshape(x.shape[0], -1))
 
     def config(self) -> dict:
         """Constructor arguments: ``build(config)`` makes the same architecture."""
@@ -157,5 +152,3 @@ class ConvNetwork(Module):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "class")
         return f"ConvNetwork({args})"
 
-
-NETWORKS[ConvNetwork.__name__] = ConvNetwork  # so that models.build() rebuilds it from config()

@@ -21,7 +21,7 @@ import numpy as np
 from models.archive import ModelFileError
 from models.convnet import ConvNetwork
 from models.module import Module
-from models.networks import DeepNetwork, LinearNetwork
+from models.networks import DeepNetwork, DenseStack, LinearNetwork
 from models.preprocessing import INPUT_SHAPE
 from models.serialization import load
 
@@ -74,13 +74,18 @@ def _linear_network(g: GraphBuilder, module: LinearNetwork, x: str) -> str:
     return _linear(g, module, x, "W")
 
 
-def _deep_network(g: GraphBuilder, module: DeepNetwork, x: str) -> str:
-    activation = "Tanh" if module.use_tanh else "Relu"
-    for i, layer in enumerate(module.layers):
+def _dense_stack(g: GraphBuilder, layers: DenseStack, x: str) -> str:
+    """A network's ``layers``: one Gemm per layer, Relu (or Tanh) between them."""
+    activation = "Tanh" if layers.tanh else "Relu"
+    for i, layer in enumerate(layers):
         x = _linear(g, layer, x, f"layers.{i}")
-        if i < len(module.layers) - 1:
+        if i < len(layers) - 1:
             x = g.op(activation, [x])
     return x
+
+
+def _deep_network(g: GraphBuilder, module: DeepNetwork, x: str) -> str:
+    return _dense_stack(g, module.layers, x)
 
 
 def _conv_network(g: GraphBuilder, module: ConvNetwork, x: str) -> str:
@@ -97,19 +102,15 @@ def _conv_network(g: GraphBuilder, module: ConvNetwork, x: str) -> str:
         if module.pool > 1:  # floor division of the size, as autodiff's MaxPool2d
             x = g.op("MaxPool", [x], kernel_shape=[module.pool] * 2, strides=[module.pool] * 2)
     x = g.op("Flatten", [x], axis=1)  # (N, C*H*W) in C-major order, as ConvNetwork's reshape
-    for i, layer in enumerate(module.layers):
-        x = _linear(g, layer, x, f"layers.{i}")
-        if i < len(module.layers) - 1:
-            x = g.op("Relu", [x])
-    return x
+    return _dense_stack(g, module.layers, x)
 
 
-#: Graph builders by architecture: (builder, module, flat normalised input) -> logits name.
-#: tests/test_onnx.py checks that every architecture models.build() knows is listed here.
-EXPORTERS: dict[str, Callable[[GraphBuilder, Module, str], str]] = {
-    "LinearNetwork": _linear_network,
-    "DeepNetwork": _deep_network,
-    "ConvNetwork": _conv_network,
+#: Graph builders by network class: (builder, module, flat normalised input) -> logits name.
+#: tests/test_onnx.py checks that every class of models.NETWORKS is listed here.
+EXPORTERS: dict[type[Module], Callable[[GraphBuilder, Module, str], str]] = {
+    LinearNetwork: _linear_network,
+    DeepNetwork: _deep_network,
+    ConvNetwork: _conv_network,
 }
 
 
@@ -131,12 +132,13 @@ def to_onnx(module: Module, preprocessing: dict | None, doc: str = "",
     if onnx is None:
         raise ModuleNotFoundError(
             "ONNX export needs the onnx package: pip install 'digitgrad[onnx]'")
-    architecture = type(module).__name__
-    if architecture not in EXPORTERS:
-        raise ValueError(f"no ONNX export for {architecture}: add a graph builder for it to "
-                         f"EXPORTERS in models/onnx_export.py (known: {', '.join(EXPORTERS)})")
+    exporter = EXPORTERS.get(type(module))
+    if exporter is None:
+        known = ", ".join(cls.__name__ for cls in EXPORTERS)
+        raise ValueError(f"no ONNX export for {type(module).__name__}: add a graph builder for "
+                         f"it to EXPORTERS in models/onnx_export.py (known: {known})")
     g = GraphBuilder()
-    logits = EXPORTERS[architecture](g, module, _normalise(g, preprocessing))
+    logits = exporter(g, module, _normalise(g, preprocessing))
     g.op("Softmax", [logits], PROBABILITIES, axis=1)
     g.op("ArgMax", [logits], DIGIT, axis=1, keepdims=0)
     classes = module.config().get("dim_output")

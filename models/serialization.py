@@ -13,7 +13,7 @@ import numpy as np
 
 from models.archive import ModelFileError, read_archive, write_archive
 from models.module import Module, StateDictError
-from models.networks import build, parameter_count
+from models.registry import build, parameter_count
 
 
 def save(module: Module, path, metadata: dict | None = None) -> None:

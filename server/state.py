@@ -25,6 +25,7 @@ EXTENSION = "digitgrad"
 #: clients only wait (gunicorn.conf.py); run one worker per core for parallelism.
 COMPUTE_SLOTS = 1
 
+
 @dataclass
 class Serving:
     """What the routes need, kept in ``app.extensions["digitgrad"]``: no module globals."""

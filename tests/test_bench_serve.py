@@ -1,5 +1,5 @@
-"""bench/serve.py end to end on loopback (short, Python client): its table, ratios and the
---floor server, whose /predict skips decoding and the model but is otherwise the service."""
+"""python -m bench.serve end to end on loopback (short, Python client): its table, ratios and
+the --floor server, whose /predict skips decoding and the model but is otherwise the service."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.serving import OPENER, REPO, free_port, gunicorn_env, start_gunicorn, wait_ready
+from serving import gunicorn_env
+
+from bench.servers import OPENER, REPO, gunicorn_process
 
 
 def test_serve_bench_reports_the_ratios_and_the_floor(tiny_model_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "serve.py"), "--model", str(tiny_model_path),
+        [sys.executable, "-m", "bench.serve", "--model", str(tiny_model_path),
          "--floor", "--client", "python", "--concurrency", "2", "--duration", "0.5",
          "--rounds", "1", "--workers", "1"],
         capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -27,20 +29,12 @@ def test_serve_bench_reports_the_ratios_and_the_floor(tiny_model_path):
 
 
 def test_floor_config_serves_fixed_answers_through_the_real_app(tiny_model_path, tmp_path):
-    port = free_port()
-    env = gunicorn_env(tiny_model_path, tmp_path / "metrics", BIND=f"127.0.0.1:{port}",
-                       WEB_CONCURRENCY="1")
+    env = gunicorn_env(tiny_model_path, tmp_path / "metrics", WEB_CONCURRENCY="1")
     floor_config = REPO / "bench" / "floor_gunicorn.conf.py"
-    process = start_gunicorn(env, tmp_path / "log", config=floor_config)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, process, tmp_path / "log")
+    with gunicorn_process(env, tmp_path / "log", config=floor_config) as (base, _):
         request = urllib.request.Request(f"{base}/predict", data=b"not even an image",
                                          headers={"Content-Type": "image/png"})
         with OPENER.open(request, timeout=10) as response:
             body = json.load(response)
             assert response.headers["X-Content-Type-Options"] == "nosniff"  # the real app's
         assert body["probabilities"] == [0.1] * 10 and body["digit"] == 0
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

@@ -44,7 +44,8 @@ from dockerfile_parse import DockerfileParser
 from drawing import digit_png
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from serving import free_port
+
+from bench.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from server import create_app, imaging
-from server.imaging import arrays, decode, limits, pipeline
+from server.imaging import arrays, decode, limits, normalise, pieces, pipeline
 
 MAX_PIXELS = 1_000_000
 # The app is stateless between requests (only its metrics grow), so one per test is shared by
@@ -197,7 +197,7 @@ class WorkMeter:
 
             monkeypatch.setattr(owner, name, wrapper)
 
-        count(pipeline, "_extract_ink", "ink map", lambda gray: gray.size)
+        count(pipeline, "extract_ink", "ink map", lambda gray: gray.size)
         count(arrays, "runs", "labelled", lambda mask: mask.size)
         count(arrays, "morph_step", "morphology", lambda image, *a: image.size)
 
@@ -253,13 +253,13 @@ def test_pipeline_work_is_bounded_whatever_the_picture(meter, width, height, sha
             read(data)
         except imaging.ImageError:
             pass
-    stroke = pipeline.STROKE_SIZE + 2 * (pipeline.STROKE_SIZE // 2)
+    stroke = normalise.STROKE_SIZE + 2 * (normalise.STROKE_SIZE // 2)
     assert meter.pixels["ink map"] <= decode.WORK_SIZE**2
-    assert meter.pixels["morphology"] <= 2 * (pipeline.STROKE_SIZE // 2) * stroke**2
+    assert meter.pixels["morphology"] <= 2 * (normalise.STROKE_SIZE // 2) * stroke**2
     # per read: the coarse map and the paper map at half and full resolution (at most 80 a
     # side at half), and the thinning's checks on the stroke map
-    assert meter.pixels["labelled"] <= 2 * (pipeline.COARSE_SIZE**2 + 64**2 + 2 * 80**2 + (
-        pipeline.STROKE_SIZE // 2 + 1) * pipeline.STROKE_SIZE**2)
+    assert meter.pixels["labelled"] <= 2 * (pieces.COARSE_SIZE**2 + 64**2 + 2 * 80**2 + (
+        normalise.STROKE_SIZE // 2 + 1) * normalise.STROKE_SIZE**2)
 
 
 @COST

@@ -14,14 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from drawing import digit_png
-from serving import (
-    REPO,
-    free_port,
-    gunicorn_env,
-    request,
-    running_gunicorn,
-    wait_ready,
-)
+from serving import gunicorn_env, request, running_gunicorn
+
+from bench.servers import REPO, free_port, wait_ready
 
 pytest.importorskip("gunicorn")
 

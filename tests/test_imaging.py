@@ -529,8 +529,8 @@ def test_large_photos_are_decoded_small(monkeypatch):
     photo = draw_digit((4000, 3000), (1200, 600, 2600, 2600), width=160, mode="RGB")
     data = encode(photo, "JPEG", quality=85)
     seen = []
-    original = imaging.pipeline._extract_ink
-    monkeypatch.setattr(imaging.pipeline, "_extract_ink", lambda g: seen.append(g.shape)
+    original = imaging.pipeline.extract_ink
+    monkeypatch.setattr(imaging.pipeline, "extract_ink", lambda g: seen.append(g.shape)
                         or original(g))
     image = to_mnist(data)
     assert len(seen) == 1 and max(seen[0]) <= imaging.decode.WORK_SIZE, seen

@@ -18,6 +18,7 @@ from server.imaging import (
     InvalidImage,
     arrays,
     decode,
+    normalise,
     pipeline,
     to_mnist,
     to_mnist_digits,
@@ -48,7 +49,7 @@ def seven(size=(200, 160), box=(50, 20, 120, 120), width=12, ink=20, paper=235,
 def general_decode(monkeypatch, data: bytes):
     """``decode`` through Image.open only."""
     with monkeypatch.context() as patch:
-        patch.setattr(decode, "_decode_simple", lambda *args: None)
+        patch.setattr(decode, "decode_plain", lambda *args: None)
         return decode.decode(data, 10**8)
 
 
@@ -74,7 +75,7 @@ def test_plain_png_decodes_as_pillow_does(monkeypatch, mode, size):
         alpha = Image.linear_gradient("L").resize(size)
         image.putalpha(alpha)
     data = encode(image)
-    assert decode._decode_simple(data, 10**8) is not None, "took the general path"
+    assert decode.decode_plain(data, 10**8) is not None, "took the general path"
     fast, expected = decode.decode(data, 10**8), general_decode(monkeypatch, data)
     assert fast[2] == expected[2] == size
     for got, want in zip(fast[:2], expected[:2]):
@@ -90,7 +91,7 @@ def test_plain_jpeg_decodes_as_pillow_does(monkeypatch, size, colour):
     image = seven(size, (size[0] // 4, size[1] // 6, size[0] * 3 // 4, size[1] * 5 // 6),
                   width=max(2, size[0] // 20), noise=5)
     data = encode(image.convert("RGB") if colour else image, "JPEG", quality=85)
-    assert decode._decode_simple(data, 10**8) is not None, "took the general path"
+    assert decode.decode_plain(data, 10**8) is not None, "took the general path"
     (gray, alpha, got), (want, _, expected) = (decode.decode(data, 10**8),
                                                general_decode(monkeypatch, data))
     assert alpha is None and got == expected == size
@@ -140,7 +141,7 @@ def _unusual_files() -> dict[str, bytes]:
 @pytest.mark.parametrize("name", list(_unusual_files()))
 def test_anything_unusual_takes_the_general_path(name):
     data = _unusual_files()[name]
-    assert decode._decode_simple(data, 10**8) is None
+    assert decode.decode_plain(data, 10**8) is None
     if name in ("bad IHDR checksum", "IDAT runs apart"):  # Pillow refuses them
         with pytest.raises(InvalidImage):
             decode.decode(data, 10**8)
@@ -151,7 +152,7 @@ def test_anything_unusual_takes_the_general_path(name):
 def test_harmless_png_chunks_stay_on_the_short_path(monkeypatch):
     png = encode(seven((60, 50)))
     data = with_chunk(with_chunk(png, b"gAMA", b"\0\0\xb1\x8f"), b"pHYs", b"\0" * 9)
-    assert decode._decode_simple(data, 10**8) is not None
+    assert decode.decode_plain(data, 10**8) is not None
     assert np.array_equal(decode.decode(data, 10**8)[0], general_decode(monkeypatch, data)[0])
 
 
@@ -194,8 +195,8 @@ def test_half_scale_keeps_the_limits():
 
 def _ink_maps(monkeypatch) -> list:
     seen = []
-    original = pipeline._extract_ink
-    monkeypatch.setattr(pipeline, "_extract_ink", lambda g: seen.append(g.shape) or original(g))
+    original = pipeline.extract_ink
+    monkeypatch.setattr(pipeline, "extract_ink", lambda g: seen.append(g.shape) or original(g))
     return seen
 
 
@@ -258,9 +259,9 @@ def _variants(digit: np.ndarray) -> dict[str, np.ndarray]:
 def test_anything_else_takes_the_full_pipeline(monkeypatch, mnist_like, name):
     variant = _variants(mnist_like)[name]
     data = encode(Image.fromarray(variant))
-    assert pipeline._as_mnist(decode.decode(data, 10**8)[0]) is None
+    assert not normalise.is_mnist_format(decode.decode(data, 10**8)[0])
     image = to_mnist(data)
-    monkeypatch.setattr(pipeline, "_as_mnist", lambda gray: None)
+    monkeypatch.setattr(pipeline, "is_mnist_format", lambda gray: False)
     assert np.array_equal(image, to_mnist(data))
 
 
@@ -290,7 +291,7 @@ def _reference_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 @pytest.mark.parametrize("few_runs", [0, 10**9])  # numpy's pairing, Python's
 def test_components_label_like_a_flood_fill(monkeypatch, few_runs):
-    monkeypatch.setattr(arrays, "_FEW_RUNS", few_runs)
+    monkeypatch.setattr(arrays, "FEW_RUNS", few_runs)
     rng = np.random.default_rng(0)
     for _ in range(60):
         shape = tuple(rng.integers(1, 40, size=2))
@@ -329,11 +330,11 @@ def test_median_and_percentile_are_numpys():
 
 
 @pytest.mark.parametrize("size", [(72, 48), (13, 90), (7, 5), (1, 30), (200, 3)])
-@pytest.mark.parametrize("long_side", [pipeline.BOX, pipeline.STROKE_SIZE])
+@pytest.mark.parametrize("long_side", [normalise.BOX, normalise.STROKE_SIZE])
 def test_fit_resizes_as_pillow_does(size, long_side):
     rng = np.random.default_rng(4)
     crop = rng.random(size).astype(np.float32)
-    fitted = pipeline._fit(crop, long_side)
+    fitted = normalise.fit(crop, long_side)
     h, w = size
     scale = long_side / max(h, w)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))

@@ -96,7 +96,7 @@ def test_short_fashion_mnist_training_learns_and_serves_labels(tmp_path):
                     "(apt install dataset-fashion-mnist)")
     out = tmp_path / "fashion.npz"
     argv = ["--dataset", "fashion-mnist", "--train-size", "6000", "--epochs", "2",
-            "--channels", "4,8", "--fc-dims", "32", "--out", str(out),
+            "--channels", "4,8", "--hidden-dims", "32", "--out", str(out),
             "--checkpoint-dir", str(tmp_path / "ck"), "--no-download", "--quiet"]
     assert cli.main(argv) == 0
     model, meta = load(out)

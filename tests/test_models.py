@@ -10,6 +10,7 @@ from autodiff.gradcheck import gradcheck
 from models import (
     ConvNetwork,
     DeepNetwork,
+    DenseStack,
     IncompatibleKeys,
     LinearNetwork,
     Module,
@@ -20,7 +21,7 @@ from models import (
     zero_init,
 )
 from models.module import StateDictError
-from models.networks import parameter_count
+from models.registry import parameter_count
 
 
 def test_named_parameters_are_stable_dotted_names():
@@ -31,6 +32,29 @@ def test_named_parameters_are_stable_dotted_names():
     assert model.parameters() == [p for _, p in model.named_parameters()]
     assert list(model.state_dict()) == names
     assert model.num_parameters() == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+
+
+@pytest.mark.parametrize("tanh", [False, True])
+def test_dense_stack_is_linear_activation_linear(tanh):
+    stack = DenseStack([5, 4, 3, 2], tanh=tanh, rng=np.random.default_rng(0))
+    assert [n for n, _ in stack.named_parameters()] == ["0.W", "0.b", "1.W", "1.b", "2.W", "2.b"]
+    x = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)
+    act = np.tanh if tanh else (lambda v: np.maximum(v, 0))
+    h = x
+    for i, layer in enumerate(stack):
+        h = h @ layer.W.value + layer.b.value
+        h = act(h) if i < 2 else h
+    with no_grad():
+        np.testing.assert_allclose(stack(x).value, h, rtol=1e-5, atol=1e-6)
+
+
+def test_the_mlp_and_the_cnn_share_one_dense_stack():
+    mlp = DeepNetwork(784, 10, 16, 2, tanh=True, rng=np.random.default_rng(0))
+    cnn = ConvNetwork(channels=(2,), kernel_sizes=(3,), paddings=(1,), hidden_dims=(8,),
+                      rng=np.random.default_rng(0))
+    assert isinstance(mlp.layers, DenseStack) and isinstance(cnn.layers, DenseStack)
+    assert mlp.use_tanh and mlp.layers.tanh and not cnn.layers.tanh
+    assert [layer.dim_output for layer in cnn.layers] == [8, 10]
 
 
 def test_custom_module_discovers_nested_parameters():

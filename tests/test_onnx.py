@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import ConvNetwork, DeepNetwork, LinearNetwork, preprocessing_config, save
-from models.networks import NETWORKS
+from models import (
+    NETWORKS,
+    ConvNetwork,
+    DeepNetwork,
+    LinearNetwork,
+    preprocessing_config,
+    save,
+)
 from server.model import LoadedModel
 
 onnx = pytest.importorskip("onnx")
@@ -59,7 +65,7 @@ def assert_same(loaded: LoadedModel, session, images: np.ndarray) -> float:
 
 
 def test_every_architecture_models_can_build_has_an_exporter():
-    assert set(NETWORKS) == set(EXPORTERS)
+    assert set(NETWORKS.values()) == set(EXPORTERS)
 
 
 @pytest.mark.parametrize("kind", list(architectures(np.random.default_rng(0))))
@@ -84,7 +90,7 @@ def test_onnxruntime_matches_the_engine_on_random_pixels(tmp_path, kind, normali
 def test_an_unknown_architecture_is_refused_with_what_to_do(tmp_path, monkeypatch, capsys):
     path = tmp_path / "model.npz"
     save(LinearNetwork(784, 10, rng=np.random.default_rng(0)), path)
-    monkeypatch.delitem(EXPORTERS, "LinearNetwork")
+    monkeypatch.delitem(EXPORTERS, LinearNetwork)
     assert main([str(path), str(tmp_path / "out.onnx")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no ONNX export for LinearNetwork" in err[0]

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from drawing import digit_png
-from serving import proc_status, request, running_gunicorn, worker_pids
+from serving import request, running_gunicorn
 
+from bench.servers import proc_status, worker_pids
 from models import DeepNetwork, preprocessing_config, save
 from models.archive import META_KEY, read_archive
 from server import create_app

@@ -69,7 +69,7 @@ def write_synthetic_mnist(directory: Path, seed: int) -> Path:
 
 
 SMALL_MLP = ("--arch", "mlp", "--hidden-dim", "32", "--layers", "1")
-SMALL_CNN = ("--channels", "4,8", "--fc-dims", "32")
+SMALL_CNN = ("--channels", "4,8", "--hidden-dims", "32")
 
 
 def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
@@ -427,13 +427,28 @@ def test_a_version_1_checkpoint_resumes_as_the_mlp_it_was(tmp_path, synth_dir):
     path = tmp_path / "ckpt" / CHECKPOINT_NAME
     arrays, meta = read_checkpoint(path)
     for name in ("arch", "dataset", "elastic", "blur", "lowres", "channels", "kernel_sizes",
-                 "paddings", "fc_dims"):
+                 "paddings", "hidden_dims"):
         del meta["config"][name]
     np.savez(path, **arrays, **{META_KEY: np.array(json.dumps({**meta, "format_version": 1}))})
     assert run(tmp_path, synth_dir, "--resume", "--epochs", "2", "--quiet", arch=()) == 0
     model, meta = load(tmp_path / "model.npz")
     assert model.config()["class"] == "DeepNetwork" and meta["training"]["epochs_run"] == 2
     assert (meta["training"]["arch"], meta["training"]["elastic"]) == ("mlp", False)
+
+
+def test_a_checkpoint_naming_the_dense_widths_fc_dims_resumes_as_the_cnn_it_was(tmp_path,
+                                                                                synth_dir):
+    """Checkpoints written before the rename call the CNN's hidden_dims fc_dims."""
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet", arch=SMALL_CNN) == 0
+    path = tmp_path / "ckpt" / CHECKPOINT_NAME
+    arrays, meta = read_checkpoint(path)
+    meta["config"]["fc_dims"] = meta["config"].pop("hidden_dims")
+    assert meta["config"]["fc_dims"] == [32]  # not the default (120, 84): it must be read
+    np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+    assert run(tmp_path, synth_dir, "--resume", "--epochs", "2", "--quiet", arch=()) == 0
+    model, meta = load(tmp_path / "model.npz")
+    assert model.config()["hidden_dims"] == [32] and meta["training"]["epochs_run"] == 2
+    assert meta["training"]["hidden_dims"] == [32] and "fc_dims" not in meta["training"]
 
 
 def test_resume_refuses_other_data(tmp_path, synth_dir, capsys):

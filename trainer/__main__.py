@@ -12,11 +12,11 @@ import time
 
 from autodiff import reuse_freed_memory
 from models import ModelFileError
-from trainer.cli import parse
+from trainer.cli import EXIT_FAILURE, EXIT_USAGE, parse
 from trainer.config import UsageError
 from trainer.data import DataError
 from trainer.loop import DivergenceError, StopFlag
-from trainer.run import EXIT_FAILURE, EXIT_USAGE, train
+from trainer.run import train
 
 
 def blas_threads(n: int):

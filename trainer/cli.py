@@ -23,7 +23,8 @@ from trainer.config import (
 from trainer.data import DATASETS
 from trainer.schedule import SCHEDULES
 
-EXIT_USAGE = 2
+#: The exit statuses of ``python -m trainer`` (the epilog below tells users).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
           metavar="K1,K2")
     hyper(model, "--paddings", "cnn: zero padding of each conv layer", type=_int_list,
           metavar="P1,P2")
-    hyper(model, "--fc-dims", "cnn: widths of the fully-connected hidden layers (default: "
-                              "120,84; fashion-mnist: 128)",
+    hyper(model, "--hidden-dims", "cnn: widths of the fully-connected hidden layers (default: "
+                                  "120,84; fashion-mnist: 128)",
           type=_int_list, metavar="N1,N2")
     hyper(model, "--hidden-dim", "mlp: units per hidden layer", type=_positive_int, metavar="N")
     hyper(model, "--layers", "mlp: number of hidden layers", type=_positive_int, metavar="N")

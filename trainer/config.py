@@ -13,24 +13,22 @@ CHECKPOINT_NAME = "checkpoint.npz"
 
 #: Fields of TrainConfig that describe one architecture each, for usage errors and the record.
 ARCH_FIELDS = {
-    "cnn": ("channels", "kernel_sizes", "paddings", "fc_dims"),
+    "cnn": ("channels", "kernel_sizes", "paddings", "hidden_dims"),
     "mlp": ("hidden_dim", "layers", "activation"),
 }
 
 
-#: Peak learning rates by measurement (see TrainConfig).
+#: Peak learning rates: the CNN learns worse at the MLP's (measured: docs/benchmarks.md).
 DEFAULT_LR = {"cnn": 0.02, "mlp": 0.05}
 #: Augmentation by data set: it models how people write, scan and photograph digits; on
-#: Fashion-MNIST's centred, upright product photos the default CNN learns better without it
-#: (20 epochs, 6 filters: 88.34% test accuracy with, 90.57% without; 8 filters without: 90.77%).
+#: Fashion-MNIST's centred, upright product photos the CNN learns better without it.
 DEFAULT_AUGMENT = {"mnist": True, "fashion-mnist": False}
 #: Flagged 1s (trainer.flags) by data set: typed Helvetica-style 1s for digits; never clothes.
 DEFAULT_FLAG_ONES = {"mnist": True, "fashion-mnist": False}
-#: The CNN's layers by data set, by measurement (20 epochs, no augmentation): Fashion-MNIST's
-#: textures want more filters (8-16 with 120-84 dense: 90.77% test; 16-32 with 128: 91.45%),
-#: MNIST's 180 s budget wants fewer (see TrainConfig).
-DEFAULT_CNN = {"mnist": {"channels": (8, 16), "fc_dims": (120, 84)},
-               "fashion-mnist": {"channels": (16, 32), "fc_dims": (128,)}}
+#: The CNN's layers by data set: Fashion-MNIST's textures want more filters, MNIST's 180 s
+#: training budget fewer (measured: docs/benchmarks.md).
+DEFAULT_CNN = {"mnist": {"channels": (8, 16), "hidden_dims": (120, 84)},
+               "fashion-mnist": {"channels": (16, 32), "hidden_dims": (128,)}}
 #: What augmentation does, by data set: handwriting's variations for digits, shifts and mirror
 #: images for clothes.
 AUGMENTATION = {"mnist": AugmentConfig(), "fashion-mnist": CLOTHES}
@@ -44,16 +42,10 @@ class UsageError(Exception):
 class TrainConfig:
     """Every hyper-parameter of a run; the CLI's defaults come from here.
 
-    Defaults chosen by measurement (README, Training). The CNN: LeNet-5's shape with 8 filters
-    in the first layer instead of 6, whose 20 epochs fit the 180 s budget on 2 cores (171 s
-    measured, 99.32% test accuracy; with the flagged 1s of trainer.flags 152 s, 99.43%; a step
-    is 1.25x LeNet-5's 6.9 ms, which is 1.02x PyTorch's) while the second core augments (1.8 ms
-    per batch with everything on). With 6 filters seeds 0-2 gave 99.37/99.21/99.35% test
-    accuracy, with 8: 99.32/99.37/99.44% (with flagged 1s 99.43/99.40/99.31%); 25
-    epochs of the 6-filter net did not help (seed 1: 99.16%). lr 0.02: at the MLP's 0.05 the
-    CNN learns worse (10,000 images, 4 epochs: 96.6% vs 97.8%; 0.01: 96.9%).
-    The MLP keeps its earlier defaults (784-112-112-10, lr 0.05), measured against a 60 s
-    budget and 0.75x PyTorch's time.
+    Defaults chosen by measurement (docs/benchmarks.md: Training, and round 2). The CNN is
+    LeNet-5's shape with 8 filters in the first layer instead of 6: its 20 epochs fit the 180 s
+    budget on 2 cores while the second core augments. The MLP keeps its earlier defaults
+    (784-112-112-10, lr 0.05), chosen against a 60 s budget.
     """
 
     dataset: str = "mnist"
@@ -62,7 +54,7 @@ class TrainConfig:
     channels: tuple[int, ...] | None = None  # None: the data set's own, DEFAULT_CNN
     kernel_sizes: tuple[int, ...] = (5, 5)
     paddings: tuple[int, ...] = (2, 0)
-    fc_dims: tuple[int, ...] | None = None  # None: the data set's own, DEFAULT_CNN
+    hidden_dims: tuple[int, ...] | None = None  # None: the data set's own, DEFAULT_CNN
     # the MLP
     hidden_dim: int = 112
     layers: int = 2

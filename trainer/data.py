@@ -18,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -434,18 +434,3 @@ def load_mnist(
 def batch_slices(n: int, batch_size: int) -> list[slice]:
     """Consecutive slices covering range(n); the last batch may be smaller."""
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def shuffled(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """One permutation per epoch, applied once: batches are then contiguous slices (fast)."""
-    order = rng.permutation(len(y))
-    return x[order], y[order]
-
-
-def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
-                    rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, ...]]:
-    """(x, y) mini-batches, shuffled by ``rng`` when given."""
-    if rng is not None:
-        x, y = shuffled(x, y, rng)
-    for s in batch_slices(len(y), batch_size):
-        yield x[s], y[s]

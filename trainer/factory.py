@@ -24,7 +24,7 @@ def build_model(config: TrainConfig) -> Module:
                            tanh=config.activation == "tanh", rng=rng)
     return ConvNetwork(CLASSES, 1, IMAGE_SIZE, channels=config.channels,
                        kernel_sizes=config.kernel_sizes, paddings=config.paddings,
-                       pool=2, hidden_dims=config.fc_dims, rng=rng)
+                       pool=2, hidden_dims=config.hidden_dims, rng=rng)
 
 
 def build_optimizer(model: Module, config: TrainConfig) -> SGDWithMomentum:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from models import preprocessing_config, save, to_model_input
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
+from trainer.cli import EXIT_FAILURE, EXIT_OK
 from trainer.config import Job, TrainConfig, UsageError
 from trainer.data import DATASETS, MNIST, Split, load_mnist
 from trainer.factory import build_model, build_optimizer
@@ -24,8 +25,6 @@ from trainer.report import (
     write_metrics_csv,
     write_plots,
 )
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def digitgrad_version() -> str:

@@ -1,12 +1,11 @@
 """Uploaded image bytes to MNIST-like 28x28 arrays; pure (numpy + Pillow), no Flask, no HTTP.
 
-One module per job: ``decode`` (formats, limits, reduction while decoding) with ``limits``
-(work read from the container before decoding), ``arrays`` (generic primitives), ``pipeline``
-(paper, ink, normalisation: ``to_mnist``), ``segment`` (a written number: ``to_mnist_digits``).
-Errors carry a ``code``; ``server.errors`` maps codes to HTTP statuses.
+One module per stage, told in full in docs/serving.md. Errors carry a ``code``;
+``server.errors`` maps codes to HTTP statuses.
 """
 
 from server.imaging.arrays import label, stroke_width
+from server.imaging.encode import to_png
 from server.imaging.errors import (
     ImageError,
     ImageTooLarge,
@@ -15,7 +14,7 @@ from server.imaging.errors import (
     TooManyDigits,
     UnsupportedFormat,
 )
-from server.imaging.pipeline import to_mnist, to_png
+from server.imaging.pipeline import to_mnist
 from server.imaging.segment import to_mnist_digits
 
 __all__ = [

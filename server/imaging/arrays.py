@@ -10,8 +10,9 @@ import functools
 
 import numpy as np
 
-__all__ = ["block_max", "border_index", "box3", "components", "dilate", "halve", "label", "median",
-           "morph", "morph_step", "paint", "percentile", "runs", "stroke_width"]
+__all__ = ["FEW_RUNS", "block_max", "border_index", "box3", "components", "dilate", "halve",
+           "label", "median", "morph", "morph_step", "paint", "percentile", "ramps", "runs",
+           "stroke_width"]
 
 
 def block_max(array: np.ndarray, factor: int) -> np.ndarray:
@@ -85,6 +86,14 @@ def border_index(h: int, w: int) -> np.ndarray:
     return index
 
 
+@functools.lru_cache(maxsize=64)
+def ramps(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """0..w-1 and 0..h-1 as float64 (read-only)."""
+    xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
 def pad_edge(array: np.ndarray) -> np.ndarray:
     """``np.pad(array, 1, mode="edge")`` without np.pad's generic overhead."""
     h, w = array.shape
@@ -136,7 +145,7 @@ def components(starts: np.ndarray, ends: np.ndarray, stride: int) -> tuple[np.nd
     small map) the pairs are found in Python too, walking the runs with two cursors: numpy's
     calls would cost more than they save.
     """
-    if starts.size > _FEW_RUNS:
+    if starts.size > FEW_RUNS:
         lo = np.searchsorted(ends, starts - stride, side="left")
         counts = np.maximum(np.searchsorted(starts, ends - stride, side="right") - lo, 0)
         below = np.repeat(np.arange(starts.size), counts)
@@ -163,9 +172,9 @@ def components(starts: np.ndarray, ends: np.ndarray, stride: int) -> tuple[np.nd
     return np.array(ids, dtype=np.intp), n
 
 
-# Up to this many runs, components() pairs them in Python (~0.3 us a run, against ~15 us of
-# numpy calls; on a 128x128 map of thousands of runs numpy is faster).
-_FEW_RUNS = 200
+# Up to this many runs, components() pairs them in Python, which costs less than numpy's
+# fixed overhead; beyond, numpy is faster (docs/benchmarks.md).
+FEW_RUNS = 200
 
 
 def _touching(starts: list[int], ends: list[int], stride: int) -> list[tuple[int, int]]:

@@ -28,8 +28,7 @@ from server.imaging.errors import ImageError, ImageTooLarge, InvalidImage, Unsup
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 # Longest side images are reduced to before the float stages: plenty for a 20x20 result
 # (a digit a third of the picture's height is still ~100 pixels), and it bounds memory and
-# time. Measured against 512 with bench/uploads.py: the same accuracy within 0.2 points, and
-# a 400x300 JPEG photo decodes at half scale, 1.6x cheaper end to end.
+# time; 512 read no better and cost more (docs/benchmarks.md).
 WORK_SIZE = 320
 # Rows converted at a time when shrinking (a multiple of the reduction factor): bounds the
 # memory of colour conversion to a strip rather than a second full-size image.
@@ -60,7 +59,7 @@ def decode(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None,
         if data[offset:offset + len(magic)] == magic:
             raise UnsupportedFormat()
     limits.check_bytes(data)
-    simple = _decode_simple(data, max_pixels)
+    simple = decode_plain(data, max_pixels)
     if simple is not None:
         return simple
     try:
@@ -136,9 +135,11 @@ def decode_half(data: bytes, max_pixels: int, smallest: int) -> np.ndarray | Non
     return np.divide(_pixels(im), np.float32(255))
 
 
-def _decode_simple(data: bytes, max_pixels: int):
+def decode_plain(data: bytes,
+                 max_pixels: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]] | None:
     """``decode``'s result for a plain PNG of at most WORK_SIZE a side or a JPEG without EXIF,
-    XMP or ICC segments; None for anything else, which the general path then reads."""
+    XMP or ICC segments; None for anything else, which ``decode``'s general path then reads.
+    For bytes ``limits.check_bytes`` accepted (``decode`` checks them first)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         found = _simple_png(data)
         if found is None:

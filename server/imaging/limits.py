@@ -15,19 +15,19 @@ from PIL import Image
 
 from server.imaging.errors import ImageTooLarge, InvalidImage
 
-# Blocks (8x8 coefficients of one component) libjpeg may decode, summed over the scans: about
-# 40 ns each, so 12 M is ~0.5 s. A 24 MP progressive photo needs ~9 M (libjpeg's default
-# script visits each luma block about 6 times, each chroma block about 4 times at 4:2:0).
+# Blocks (8x8 coefficients of one component) libjpeg may decode, summed over the scans: well
+# under a second of decoding, and more than a big progressive phone photo needs (libjpeg's
+# default script visits each block a few times; docs/benchmarks.md).
 MAX_JPEG_BLOCK_VISITS = 12_000_000
 # A JPEG with more than one scan keeps every coefficient (2 bytes each) in memory.
 MAX_JPEG_COEFFICIENT_BYTES = 150 * 1024 * 1024
-# Marker segments walked: real files have a few dozen (a progressive one with its DHTs ~40).
+# Marker segments walked: real files have a few dozen.
 MAX_JPEG_SEGMENTS = 2000
-# Pillow parses PNG chunks and GIF blocks in Python before and while decoding: ~0.2 us each
-# (a 5 MB file could hold millions); real files have a few dozen.
+# Pillow parses PNG chunks and GIF blocks in Python before and while decoding (a 5 MB file
+# could hold millions; docs/benchmarks.md); real files have a few dozen.
 MAX_PNG_CHUNKS = 10_000
 MAX_GIF_BLOCKS = 10_000
-# Pillow's BMP RLE decoder is Python: ~0.14 s per MB of runs.
+# Pillow's BMP RLE decoder is Python, slow per byte of runs (docs/benchmarks.md).
 MAX_BMP_RLE_BYTES = 2 * 1024 * 1024
 # libwebp's animation decoder (which Pillow uses for every WebP) allocates two RGBA canvases
 # when the file is opened, and decoding copies the frame twice more: 16 bytes a pixel.
@@ -37,7 +37,7 @@ MAX_DECODED_BYTES = 160 * 1024 * 1024
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 # the end of entropy-coded data: 0xFF then a marker code (not a stuffed 0, not a restart, not
 # another fill byte)
-_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def check_bytes(data: bytes) -> None:
@@ -100,7 +100,7 @@ def jpeg_work(data: bytes) -> tuple[int, int]:
             count = segment[0] if segment else 0
             ids = [segment[1 + 2 * k] for k in range(count) if 1 + 2 * k < len(segment)]
             visits += sum(blocks.get(i, 0) for i in ids)
-            found = _NEXT_MARKER.search(data, pos)
+            found = NEXT_MARKER.search(data, pos)
             pos = found.start() if found else n
     coefficient_bytes = 128 * sum(blocks.values()) if scans > 1 else 0
     return visits, coefficient_bytes

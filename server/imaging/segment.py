@@ -12,7 +12,9 @@ import numpy as np
 
 from server.imaging.decode import WORK_SIZE
 from server.imaging.errors import NoDigitFound, TooManyDigits
-from server.imaging.pipeline import Blobs, blobs, ink_map, normalise
+from server.imaging.normalise import crop_to_ink, normalise
+from server.imaging.pieces import Blobs, blobs
+from server.imaging.pipeline import ink_map
 
 Box = tuple[int, int, int, int]
 # A piece lighter than this fraction of the heaviest is a speck, not a digit or part of one.
@@ -48,7 +50,8 @@ def to_mnist_digits(data: bytes, *, max_pixels: int = 40_000_000,
              if box[3] - box[1] >= SMALL * tallest or mass >= SMALL * heaviest]
     if len(found) > max_digits:
         raise TooManyDigits(len(found), max_digits)
-    return [(normalise(digit), _original_box(box, scale)) for digit, box in found]
+    return [(normalise(crop_to_ink(digit)), _original_box(box, scale))
+            for digit, box in found]
 
 
 def _original_box(box: tuple[int, int, int, int], scale: float) -> Box:

@@ -1,0 +1,181 @@
+"""Stages 5-6 of ``to_mnist``: the digit's ink, cropped, brought to MNIST's form (strokes of
+MNIST's width, the long side 20 pixels, the centre of mass at (14, 14) in 28x28); and the check
+that an upload is in that form already. The whole pipeline: docs/serving.md."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from server.imaging import arrays
+from server.imaging.errors import NoDigitFound
+
+BOX = 20  # MNIST's size-normalisation box
+SIDE = 28
+CENTRE = 14.0  # MNIST's mean centre of mass, 0-based: not 13.5 (docs/benchmarks.md)
+# Stroke widths in pixels of the 20-pixel box, around MNIST's own range (docs/benchmarks.md):
+# pen lines thinner than THIN are thickened to TARGET; marker lines beyond THICK are thinned
+# towards THINNED, which reads fat markers best.
+THIN, TARGET, THICK, THINNED = 1.5, 2.0, 2.7, 2.0
+# Longest side strokes are normalised at: 4x the 20-pixel box keeps their shape, and bounds
+# the morphology's cost (radius <= STROKE_SIZE / 2 passes over STROKE_SIZE^2 pixels).
+STROKE_SIZE = 80
+# An upload already in MNIST's format is returned as it is when a tenth of its ink is at least
+# this bright (the 90th percentile of the ink, which the pipeline would scale to 1, as nearly
+# all of MNIST's test digits do): the pipeline's scaling would change it by less than 0.05.
+MNIST_INK = 0.95
+
+
+def normalise(crop: np.ndarray) -> np.ndarray:
+    """Ink cropped to it (``crop_to_ink``) -> MNIST's 28x28: strokes brought into MNIST's
+    range of widths, the long side fitted to 20 pixels, the centre of mass at (14, 14)."""
+    crop = fit(_normalise_stroke(crop), BOX)
+    total = float(crop.sum())
+    if total <= 0:
+        raise NoDigitFound()
+    h, w = crop.shape
+    xs, ys = arrays.ramps(h, w)
+    cy = float((crop.sum(axis=1) * ys).sum()) / total
+    cx = float((crop.sum(axis=0) * xs).sum()) / total
+    # integer shift: MNIST's own digits then come back unchanged (no resampling blur)
+    top = min(max(round(CENTRE - cy), 0), SIDE - h)
+    left = min(max(round(CENTRE - cx), 0), SIDE - w)
+    out = np.zeros((SIDE, SIDE), dtype=np.float32)
+    out[top:top + h, left:left + w] = crop
+    return out
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """The part of ``ink`` (a view) between its first and last rows and columns of ink."""
+    rows = ink.any(axis=1).nonzero()[0]
+    cols = ink.any(axis=0).nonzero()[0]
+    if rows.size == 0:
+        raise NoDigitFound()
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def is_mnist_format(gray: np.ndarray) -> bool:
+    """Whether decoded grey levels are already in MNIST's format (``to_mnist`` returns them as
+    they are).
+
+    MNIST's format, checked as the pipeline's own stages would see it, so that they would
+    change nothing but the ink's scale: 28x28; light ink on paper exactly black all around it
+    (the border band the paper stage reads, and most of the picture); strokes reaching white
+    (at least a tenth of the ink at MNIST_INK or more: the 90th percentile the ink stage would
+    stretch to 1); the digit's long side the 20-pixel box (``fit`` leaves it alone), its
+    strokes of a width ``_normalise_stroke`` leaves alone, its mass where ``normalise`` would
+    centre it. Specks are left where they are. Tight crops, inverted polarity, faint, small,
+    big or off-centre digits all fail one of these and take the full pipeline.
+    """
+    if gray.shape != (SIDE, SIDE):
+        return False
+    flat = gray.reshape(-1)
+    if flat[arrays.border_index(SIDE, SIDE)].any() or 2 * np.count_nonzero(flat) >= flat.size:
+        return False
+    row_sums, col_sums = gray.sum(axis=1), gray.sum(axis=0)
+    rows, cols = row_sums.nonzero()[0], col_sums.nonzero()[0]
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    h, w = bottom - top, right - left
+    if max(h, w) != BOX:
+        return False
+    crop = gray[top:bottom, left:right]
+    if _stroke_change(crop) is not None:
+        return False
+    if 10 * np.count_nonzero(crop >= MNIST_INK) < np.count_nonzero(crop > 0.01):
+        return False  # 0.01: extract_ink's threshold on a noiseless paper
+    xs, ys = arrays.ramps(SIDE, SIDE)
+    total = float(row_sums.sum())
+    cy, cx = float(row_sums @ ys) / total - top, float(col_sums @ xs) / total - left
+    return (min(max(round(CENTRE - cy), 0), SIDE - h),
+            min(max(round(CENTRE - cx), 0), SIDE - w)) == (top, left)
+
+
+def fit(crop: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize so that the long side is ``long_side`` pixels, aspect ratio kept."""
+    h, w = crop.shape
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return crop
+    # area averaging when shrinking is the anti-aliasing MNIST describes; bilinear to enlarge
+    out = crop.astype(np.float32, copy=False)  # a new array below: one axis changes at least
+    if w != size[0]:
+        out = (out @ _resampling(w, size[0]).T).astype(np.float32)
+    if h != size[1]:
+        out = (_resampling(h, size[1]) @ out).astype(np.float32)
+    np.maximum(out, 0, out=out)
+    return np.minimum(out, 1, out=out)
+
+
+@functools.lru_cache(maxsize=256)
+def _resampling(size: int, new_size: int) -> np.ndarray:
+    """The (new_size, size) matrix of Pillow's resize along one axis: its box filter to shrink
+    (area averaging), bilinear to enlarge, with its coefficients (Resample.c's
+    precompute_coeffs). Two small products cost less than a round trip through an image.
+    Cached (crops come in a few sizes): read-only."""
+    scale = size / new_size
+    filter_scale = max(scale, 1.0)
+    support = (0.5 if scale > 1 else 1.0) * filter_scale
+    centre = (np.arange(new_size) + 0.5) * scale
+    low = np.maximum((centre - support + 0.5).astype(np.intp), 0)  # C's (int): toward zero
+    high = np.minimum((centre + support + 0.5).astype(np.intp), size)
+    x = np.arange(size)
+    t = (x[None, :] - centre[:, None] + 0.5) * (1.0 / filter_scale)
+    if scale > 1:
+        weights = ((t > -0.5) & (t <= 0.5)).astype(np.float64)
+    else:
+        weights = np.maximum(1.0 - np.abs(t), 0.0)
+    weights[(x[None, :] < low[:, None]) | (x[None, :] >= high[:, None])] = 0
+    total = weights.sum(axis=1, keepdims=True)
+    np.divide(weights, total, out=weights, where=total != 0)
+    weights.flags.writeable = False
+    return weights
+
+
+def _radius(width: float, scale: float) -> int:
+    """Pixels (at ``scale`` pixels of the 20-pixel box per pixel) to dilate a stroke of
+    ``width`` box pixels by to reach TARGET, or to erode it by towards THINNED."""
+    if width < THIN:
+        return round((TARGET - width) / (2 * scale))
+    return int((width - THINNED) / (2 * scale))
+
+
+def _stroke_change(crop: np.ndarray) -> float | None:
+    """The stroke width (in pixels of the 20-pixel box) that ``_normalise_stroke`` brings into
+    MNIST's range, or None when it leaves the strokes as they are."""
+    mask = crop > 0.5
+    width = arrays.stroke_width(mask) * BOX / max(crop.shape)
+    if width == 0:  # nothing above 0.5
+        return None
+    if THIN <= width <= THICK or _radius(width, BOX / max(crop.shape)) == 0:
+        return None  # in range, or less than a pixel off at the upload's own scale (MNIST)
+    return width
+
+
+def _normalise_stroke(crop: np.ndarray) -> np.ndarray:
+    """Bring pen-thin and marker-thick strokes into MNIST's range, measured at the box scale.
+
+    A 1-pixel pen line on a phone photo would otherwise shrink to a faint hairline in 20x20,
+    and a fat marker fills the loops of 6, 8 and 9. MNIST's own digits are left alone. The
+    morphology runs on at most STROKE_SIZE a side with a radius of at most half that: its
+    cost is bounded whatever the shape (a filled square has no inner edge at all).
+    """
+    width = _stroke_change(crop)
+    if width is None:
+        return crop
+    # at one scale whatever the upload's: fine steps of the radius, and a bounded cost
+    fitted = fit(crop, STROKE_SIZE)
+    radius = min(_radius(width, BOX / STROKE_SIZE), STROKE_SIZE // 2)
+    if width < THIN:
+        return crop_to_ink(arrays.morph(np.pad(fitted, radius), radius, np.maximum))
+    pieces = arrays.label(fitted > 0.5)[1]
+    thinned = fitted
+    for step in range(radius):
+        thinner = arrays.morph_step(thinned, step, np.minimum)
+        # stop before a stroke breaks or vanishes: blocky, blurry enlargements of small scans
+        # have thick strokes with thin joints
+        if arrays.label(thinner > 0.5)[1] != pieces:
+            break
+        thinned = thinner
+    return crop if thinned is fitted else crop_to_ink(thinned)
