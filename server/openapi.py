@@ -27,8 +27,8 @@ def _errors(*statuses: int) -> dict:
         405: "Method not allowed.",
         413: "Too many bytes, too many pixels, or too many files.",
         415: "Unsupported Content-Type or image format.",
-        422: "No digit found: the image is blank or uniformly inked (or, for a number, more "
-             "digits than allowed).",
+        422: "No digit found: the image is blank, uniformly inked or holds too little ink for a "
+             "digit (or, for a number, more digits than allowed).",
         503: "The model is not ready (see /readyz).",
     }
     return {str(s): _json("Error", reasons[s]) for s in statuses}
