@@ -37,6 +37,13 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     atexit.register(lambda: os.getpid() == _master and shutil.rmtree(_created, True))
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
+# glibc's malloc, in the master and so in every worker forked from it: all threads share two
+# arenas, and large blocks are unmapped when freed, so that an idle worker gives back what its
+# requests used instead of keeping each thread's peak (autodiff/memory.py, docs/benchmarks.md).
+from autodiff.memory import return_freed_memory  # noqa: E402 - after the variables above
+
+return_freed_memory()
+
 # --- where and how many ---------------------------------------------------------------------
 # BIND wins (e.g. "127.0.0.1:8080" or "unix:/run/digitgrad.sock"); else all interfaces on
 # $PORT, the convention of container platforms.
