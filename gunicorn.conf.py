@@ -96,12 +96,10 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 # --- logs -----------------------------------------------------------------------------------
-# Both to stdout/stderr, where containers and systemd collect them.
-accesslog = "-"
+# gunicorn's own messages to stderr, where containers and systemd collect them. No access log:
+# the app writes one JSON line per request to stdout (server/requestlog.py: request id, route,
+# status, latency, model, worker pid; no headers, they may carry credentials).
 errorlog = "-"
-# Client, request line, status, bytes, latency in milliseconds, worker pid: enough to find
-# slow requests and the worker that served them. No headers: they may carry credentials.
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms %(p)s'
 
 
 # --- hooks ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,15 @@ def photo_jpeg(seed: int = 0) -> bytes:
     out = io.BytesIO()
     im.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+def upload(png: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with the image as field "image", and its content type."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="digit.png"\r\nContent-Type: image/png\r\n\r\n').encode()
+    body += png + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def server_cpu(master_pid: int) -> dict[int, float]:

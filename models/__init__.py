@@ -14,6 +14,7 @@ from models.networks import DeepNetwork, DenseStack, LinearNetwork
 from models.preprocessing import preprocessing_config, to_model_input
 from models.registry import NETWORKS, build
 from models.serialization import load, save
+from models.version import digitgrad_version
 
 __all__ = [
     "ConvNetwork",
@@ -27,6 +28,7 @@ __all__ = [
     "NETWORKS",
     "atomic_write",
     "build",
+    "digitgrad_version",
     "glorot_init",
     "kaiming_init",
     "load",

@@ -1,4 +1,4 @@
-"""The inference service: ``create_app()`` builds the Flask app around a saved model."""
+"""The HTTP server: ``create_app()`` builds the Flask app around a saved model."""
 
 from server.app import StartupError, create_app
 

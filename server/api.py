@@ -1,58 +1,26 @@
-"""The routes, thin: parse the upload -> imaging.to_mnist -> model -> JSON."""
+"""The /predict API's routes, thin: read the request -> the inference service -> JSON."""
 
 from __future__ import annotations
 
 import base64
-import threading
-from contextlib import contextmanager
 
-import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from server import imaging
+from server import imaging, requestlog
+from server.bodies import allow_batch_body, check_streamed_body
 from server.errors import ApiError, error_body, error_response
+from server.inference import Prediction
 from server.model import LoadedModel
 from server.openapi import openapi_document
-from server.state import get_serving
+from server.state import Serving, get_serving
 
 bp = Blueprint("api", __name__)
 
 TRUE_FLAGS = frozenset({"1", "true", "yes", "on"})
-#: Digits one POST /predict/number reads at most (more is answered 422 too_many_digits).
-MAX_NUMBER_DIGITS = 12
 #: The drawing page loads only its own script, style sheet and images (data: for the 28x28
 #: previews and the favicon, blob: for a chosen file shown on the canvas); no inline script.
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-
-_holding = threading.local()
-
-
-@contextmanager
-def compute_slot():
-    """Hold one of this worker's COMPUTE_SLOTS (server.state) while decoding an upload or
-    running the model: waiting threads sleep instead of trading the GIL with the one working.
-
-    Re-entrant within a thread, so a route can hold one slot across its stages while the
-    helpers it calls (``upload_to_mnist``, ``predict_images``) still take one when called alone.
-    """
-    if getattr(_holding, "slot", False):
-        yield
-        return
-    with get_serving().compute_slots:
-        _holding.slot = True
-        try:
-            yield
-        finally:
-            _holding.slot = False
-
-
-def predict_images(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-    """``model.predict(images)`` in a compute slot."""
-    with compute_slot():
-        return model.predict(images)
 
 
 @bp.after_app_request
@@ -72,49 +40,29 @@ def ready_model() -> LoadedModel:
     return model
 
 
-def _prediction(probabilities: np.ndarray, model) -> dict:
-    """The JSON of one prediction; ``label`` (the class name) when the model file names them."""
-    digit = int(np.argmax(probabilities))
-    get_serving().metrics.observe_prediction(digit)
-    return {
-        "digit": digit,
-        **model.label(digit),
-        "confidence": float(probabilities[digit]),
-        "probabilities": probabilities.tolist(),
-        "model": model.model_id,
-    }
+def _digit_json(prediction: Prediction) -> dict:
+    """The start of every prediction's JSON: the digit, its ``label`` (the class name) when
+    the model file names them, and the confidence."""
+    body: dict = {"digit": prediction.digit}
+    if prediction.label is not None:
+        body["label"] = prediction.label
+    body["confidence"] = prediction.confidence
+    return body
 
 
-def upload_to_mnist(data: bytes) -> np.ndarray:
-    """One uploaded image file -> the 28x28 model input, with /predict's limits (also V2's)."""
-    _check_not_empty(data)
-    with compute_slot():
-        return imaging.to_mnist(data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+def _prediction_json(prediction: Prediction) -> dict:
+    """One image's prediction, as /predict and each file of /predict/batch answer it."""
+    return {**_digit_json(prediction), "probabilities": prediction.probabilities.tolist(),
+            "model": prediction.model_id}
 
 
 def _debug_requested() -> bool:
     return request.args.get("debug", "").lower() in TRUE_FLAGS
 
 
-def _debug_image(image: np.ndarray) -> str:
+def _debug_image(image) -> str:
     """?debug=1: the 28x28 image the model saw, as base64 PNG."""
     return base64.b64encode(imaging.to_png(image)).decode("ascii")
-
-
-def _check_not_empty(data: bytes) -> None:
-    if not data:
-        raise ApiError(400, "empty_image", "The uploaded image is empty.")
-
-
-def check_streamed_body() -> None:
-    """413 for a body without Content-Length (chunked) that reached the limit.
-
-    werkzeug stops reading such a body at the limit without an error (under gunicorn, which
-    terminates chunked input itself), so the rest would be silently cut off. A body of exactly
-    the limit is refused too: it cannot be told apart.
-    """
-    if request.content_length is None and getattr(request.stream, "is_exhausted", False):
-        raise RequestEntityTooLarge()
 
 
 def _single_upload() -> bytes:
@@ -135,77 +83,58 @@ def _single_upload() -> bytes:
                    "request body with an image/* Content-Type.")
 
 
+def _ready_upload(serving: Serving) -> tuple[LoadedModel, bytes]:
+    """/predict's and /predict/number's start: the ready model and the upload, read as the
+    "decode" stage."""
+    model = ready_model()
+    with serving.metrics.stage("decode"):
+        return model, _single_upload()
+
+
 @bp.post("/predict")
 def predict():
     """Predict the digit in one image; ?debug=1 adds the 28x28 image the model saw."""
-    model = ready_model()
-    metrics = get_serving().metrics
-    with metrics.stage("decode"):
-        data = _single_upload()
-    # one slot for all the work after the body is read: threads waiting for it sleep
-    with compute_slot():
-        with metrics.stage("preprocess"):
-            image = upload_to_mnist(data)
-        with metrics.stage("inference"):
-            probabilities = predict_images(model, image[None])[0]
-        with metrics.stage("encode"):
-            body = _prediction(probabilities, model)
-            if _debug_requested():
-                body["debug_image"] = _debug_image(image)
-            response = jsonify(body)
-    return response
+    serving = get_serving()
+    model, data = _ready_upload(serving)
+    prediction = serving.inference.predict_file(model, data)
+    requestlog.record_predictions([prediction])
+    with serving.metrics.stage("encode"):
+        body = _prediction_json(prediction)
+        if _debug_requested():
+            body["debug_image"] = _debug_image(prediction.image)
+        return jsonify(body)
 
 
 @bp.post("/predict/number")
 def predict_number():
     """Read a written number: its digits left to right, predicted in one forward pass."""
-    model = ready_model()
-    metrics = get_serving().metrics
-    with metrics.stage("decode"):
-        data = _single_upload()
-    _check_not_empty(data)
-    with compute_slot():
-        return _read_number(model, metrics, data)
-
-
-def _read_number(model: LoadedModel, metrics, data: bytes) -> Response:
-    """/predict/number's work after the body is read (in a compute slot)."""
-    with metrics.stage("preprocess"):
-        digits = imaging.to_mnist_digits(data, max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
-                                         max_digits=MAX_NUMBER_DIGITS)
-    images = np.stack([image for image, _box in digits])
-    with metrics.stage("inference"):
-        probabilities = predict_images(model, images)
-    with metrics.stage("encode"):
+    serving = get_serving()
+    model, data = _ready_upload(serving)
+    digits = serving.inference.predict_number(model, data)
+    requestlog.record_predictions(prediction for prediction, _box in digits)
+    with serving.metrics.stage("encode"):
         debug = _debug_requested()
         entries = []
-        for image, (_, box), p in zip(images, digits, probabilities):
-            digit = int(np.argmax(p))
-            metrics.observe_prediction(digit)
-            entry = {"digit": digit, **model.label(digit), "confidence": float(p[digit]),
-                     "box": list(box)}
+        for prediction, box in digits:
+            entry = {**_digit_json(prediction), "box": list(box)}
             if debug:
-                entry["debug_image"] = _debug_image(image)
+                entry["debug_image"] = _debug_image(prediction.image)
             entries.append(entry)
-        number = "".join(str(e["digit"]) for e in entries)
-        response = jsonify({"number": number, "digits": entries, "model": model.model_id})
-    return response
+        number = "".join(str(prediction.digit) for prediction, _box in digits)
+        return jsonify({"number": number, "digits": entries, "model": model.model_id})
 
 
 @bp.post("/predict/batch")
 def predict_batch():
     """Predict every file of the multipart field "images", in order, in one forward pass."""
+    serving = get_serving()
     model = ready_model()
-    metrics = get_serving().metrics
-    config = current_app.config
-    max_files, max_bytes = config["MAX_BATCH_FILES"], config["MAX_UPLOAD_BYTES"]
-    # A batch may carry max_files uploads of max_bytes each (plus multipart framing), so it
-    # gets a larger body limit than /predict; each file is still held to max_bytes below.
-    request.max_content_length = max_files * max_bytes + 64 * 1024
+    max_files = current_app.config["MAX_BATCH_FILES"]
+    allow_batch_body(max_files, current_app.config["MAX_UPLOAD_BYTES"])
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type",
                        'Send the images as multipart/form-data, each in the field "images".')
-    with metrics.stage("decode"):
+    with serving.metrics.stage("decode"):
         uploads = request.files.getlist("images")
         check_streamed_body()
     if not uploads:
@@ -214,28 +143,15 @@ def predict_batch():
     if len(uploads) > max_files:
         raise ApiError(413, "too_many_files",
                        f"At most {max_files} files per batch; split the request.")
-    entries: list[dict | None] = []
-    images = []
-    with metrics.stage("preprocess"):
-        for upload in uploads:
-            data = upload.read()
-            try:
-                if len(data) > max_bytes:
-                    raise ApiError(413, "image_too_large",
-                                   f"The file is larger than the limit of {max_bytes} bytes.")
-                images.append(upload_to_mnist(data))
-                entries.append(None)
-            except (ApiError, imaging.ImageError) as exc:
-                metrics.observe_rejection(exc.code)
-                entries.append(error_body(exc.code, str(exc)))
-    probabilities = iter(())
-    if images:
-        with metrics.stage("inference"):
-            probabilities = iter(predict_images(model, np.stack(images)))
-    with metrics.stage("encode"):
-        entries = [e or _prediction(next(probabilities), model) for e in entries]
-        response = jsonify({"predictions": entries})
-    return response
+    # Each file read as the service reaches it: one file's bytes held at a time.
+    results = serving.inference.predict_files(
+        model, (upload.read() for upload in uploads),
+        refused=lambda _index, error: serving.metrics.observe_rejection(error.code))
+    requestlog.record_predictions(results)
+    with serving.metrics.stage("encode"):
+        entries = [error_body(r.code, str(r)) if isinstance(r, imaging.ImageError)
+                   else _prediction_json(r) for r in results]
+        return jsonify({"predictions": entries})
 
 
 @bp.get("/healthz")

@@ -10,8 +10,9 @@ from pathlib import Path
 from flask import Flask
 
 from models import ModelFileError
-from server import api, bodies, imaging, metrics, state, v2
+from server import api, bodies, imaging, metrics, requestlog, state, v2
 from server.errors import register_error_handlers
+from server.inference import Inference
 from server.model import LoadedModel
 
 #: Settings and their defaults; each can be set in the environment or in create_app's config.
@@ -85,7 +86,12 @@ def create_app(config: Mapping | None = None) -> Flask:
     # answers 503 with the reason, so an orchestrator holds traffic back and the log says why.
     if not model.self_test():
         log.error("model %s is not ready: %s", model.path, model.self_test_error)
-    state.init_app(app, state.Serving(model=model, metrics=metrics.init_app(app)))
+    app_metrics = metrics.init_app(app)
+    inference = Inference(app_metrics, compute_slots=state.COMPUTE_SLOTS,
+                          max_upload_bytes=settings["MAX_UPLOAD_BYTES"],
+                          max_pixels=settings["MAX_IMAGE_PIXELS"])
+    state.init_app(app, state.Serving(model=model, metrics=app_metrics, inference=inference))
+    requestlog.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(v2.bp)
     register_error_handlers(app, imaging.ImageError)

@@ -1,11 +1,15 @@
-"""Request bodies: held in memory, never spooled to disk, and bounded in bytes per worker.
+"""Request bodies: read within the app's limits, held in memory, bounded in bytes per worker;
+shared by both protocols' views.
+
+Flask refuses a body over ``MAX_CONTENT_LENGTH`` (one upload, ``MAX_UPLOAD_BYTES``) with 413
+before reading it; a batch raises its own limit with ``allow_batch_body``.
 
 werkzeug spools each uploaded file over 500 kB to a temporary file: in a container /tmp is a
 small tmpfs shared with other files, and a full batch (16 x 5 MB) filled it (ENOSPC: 500s).
-Uploads are bounded by the routes' body limits (413 before anything is read), so here they
-simply stay in memory (``InMemoryRequest``).
+Uploads are bounded by the body limits above, so here they simply stay in memory
+(``InMemoryRequest``).
 
-The routes bound one body; ``BodyBudget`` bounds the bodies one worker holds at once, whatever
+The limits bound one body; ``BodyBudget`` bounds the bodies one worker holds at once, whatever
 its thread count: every byte read from a request's body is counted against
 MAX_BODY_BYTES_PER_WORKER until the request ends, and a request whose next read would go past
 it is answered 503 with Retry-After. Bytes are counted as they arrive, not as declared, so a
@@ -22,13 +26,30 @@ import io
 import threading
 from collections.abc import Callable, Iterable
 
-from flask import Request
-from werkzeug.exceptions import BadRequest, ServiceUnavailable
+from flask import Request, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, ServiceUnavailable
 
-#: Bytes a batch body may add to its files: multipart boundaries and part headers, or JSON.
+from server.errors import RETRY_AFTER
+
+#: Bytes a batch's body may hold beyond its files: multipart framing, or V2's JSON header.
 FRAMING_BYTES = 64 * 1024
-#: Seconds a client refused for the budget is asked to wait (Retry-After).
-RETRY_AFTER = 1
+
+
+def allow_batch_body(files: int, file_bytes: int) -> None:
+    """Let this request's body hold ``files`` files of ``file_bytes`` each, plus framing: a
+    batch gets a larger limit than one upload; each file is still held to the upload limit."""
+    request.max_content_length = files * file_bytes + FRAMING_BYTES
+
+
+def check_streamed_body() -> None:
+    """413 for a body without Content-Length (chunked) that reached the limit.
+
+    werkzeug stops reading such a body at the limit without an error (under gunicorn, which
+    terminates chunked input itself), so the rest would be silently cut off. A body of exactly
+    the limit is refused too: it cannot be told apart.
+    """
+    if request.content_length is None and getattr(request.stream, "is_exhausted", False):
+        raise RequestEntityTooLarge()
 
 
 class InMemoryRequest(Request):

@@ -44,8 +44,9 @@ UNAVAILABLE = ("unavailable", "The server is short of memory or storage right no
 #: Seconds a client is asked to wait after a 503 (Retry-After).
 RETRY_AFTER = 1
 
-#: HTTP statuses of the domain errors' codes (the imaging package knows nothing of HTTP).
+#: HTTP statuses of the domain errors' codes (imaging and the inference service know no HTTP).
 DOMAIN_STATUSES = {
+    "empty_image": 400,
     "invalid_image": 400,
     "unsupported_format": 415,
     "image_too_large": 413,

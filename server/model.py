@@ -52,8 +52,8 @@ class LoadedModel:
     """A model file loaded for serving.
 
     ``predict`` is safe to call from many threads at once: the forward pass only reads the
-    parameters, and ``no_grad()`` is thread-local. The routes still run one forward pass at a
-    time per worker (``server.api.compute_slot``), for speed: threads trading the GIL cost more.
+    parameters, and ``no_grad()`` is thread-local (the service still runs one at a time per
+    worker: ``server.state.COMPUTE_SLOTS``).
     """
 
     def __init__(self, path: str | Path):
@@ -77,9 +77,9 @@ class LoadedModel:
         """The sha256 prefix every prediction carries, so clients can tell models apart."""
         return self.sha256[:MODEL_ID_LENGTH]
 
-    def label(self, index: int) -> dict:
-        """``{"label": name}`` of class ``index`` for JSON answers; ``{}`` without class names."""
-        return {"label": self.classes[index]} if self.classes else {}
+    def label(self, index: int) -> str | None:
+        """The name of class ``index``, or None when the file names no classes."""
+        return self.classes[index] if self.classes else None
 
     @property
     def ready(self) -> bool:

@@ -7,22 +7,18 @@ the accessor never cycles through ``server.app`` (or ``server.errors``, which ma
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from server.inference import Inference
 from server.metrics import Metrics
 from server.model import LoadedModel
 
 EXTENSION = "digitgrad"
-#: Uploads decoded or forward passes run at once in one worker process. One: the GIL runs one
-#: thread's Python at a time anyway, and every numpy call that releases it hands it to another
-#: runnable thread. Measured (8 threads predicting a 28x28 digit with the CNN): 23 context
-#: switches and 300 us of system time per forward pass, CPU per prediction 2.2x that of one
-#: thread; with one thread computing at a time, the same as one thread. It also bounds memory:
-#: one image decoded per worker (up to the pixel limit's worth). Threads stay many, so slow
-#: clients only wait (gunicorn.conf.py); run one worker per core for parallelism.
+#: Requests of one worker process that decode uploads or run the model at once. One: threads
+#: computing at once trade the GIL and cost more CPU per prediction than threads taking turns,
+#: and one bounds decoding memory per worker (docs/serving.md; measured in docs/benchmarks.md).
 COMPUTE_SLOTS = 1
 
 
@@ -32,12 +28,10 @@ class Serving:
 
     model: LoadedModel
     metrics: Metrics
+    inference: Inference
     #: The last refused reload ({"file": ..., "error": ...}), reported by /readyz; None after
     #: a successful one.
     reload_error: dict | None = None
-    #: Held while an upload is decoded or a forward pass runs (``server.api.compute_slot``).
-    compute_slots: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(COMPUTE_SLOTS))
 
 
 def init_app(app: Flask, serving: Serving) -> None:

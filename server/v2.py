@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from server import imaging
-from server.api import check_streamed_body, predict_images, upload_to_mnist
-from server.errors import RETRY_AFTER, UNAVAILABLE, ApiError, http_error, log_unavailable
+from models import digitgrad_version
+from server import imaging, requestlog
+from server.bodies import allow_batch_body, check_streamed_body
+from server.errors import RETRY_AFTER, UNAVAILABLE, http_error, log_unavailable
 from server.model import LoadedModel
 from server.state import get_serving
 
@@ -72,13 +72,6 @@ OUTPUTS = {
 MODELS = {"digitgrad": PIXELS, "digitgrad-image": IMAGE}
 MODEL_NAMES = " and ".join(f'"{name}"' for name in MODELS)
 OUTPUT_NAMES = " and ".join(f'"{name}"' for name in OUTPUTS)
-
-
-def _server_version() -> str:
-    try:
-        return metadata.version("digitgrad")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -132,7 +125,7 @@ def _unavailable(exc: Exception) -> Response:
 @bp.get("")
 def server_metadata():
     """Server metadata: name, version, and the binary tensor data extension."""
-    return jsonify({"name": "digitgrad", "version": _server_version(),
+    return jsonify({"name": "digitgrad", "version": digitgrad_version(),
                     "extensions": ["binary_tensor_data"]})
 
 
@@ -201,25 +194,25 @@ def infer(name: str, version: str | None = None):
     if spec is IMAGE:
         # Up to max_batch images of max_bytes each, as for /predict/batch. Pixels keep the
         # app's limit, max_bytes: 5 MB by default, far above 16 x 784 numbers as JSON.
-        request.max_content_length = max_batch * (max_bytes + LENGTH_PREFIX) + 64 * 1024
-    metrics = get_serving().metrics
-    with metrics.stage("decode"):
+        allow_batch_body(max_batch, max_bytes + LENGTH_PREFIX)
+    serving = get_serving()
+    with serving.metrics.stage("decode"):
         body = request.get_data(cache=False)
         check_streamed_body()
         query, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
-    with metrics.stage("preprocess"):
-        images = _pixels(data) if spec is PIXELS else _images(data)
-    with metrics.stage("inference"):
-        probabilities = predict_images(model, images)
-    with metrics.stage("encode"):
-        digits = probabilities.argmax(axis=1)
-        for digit in digits:
-            metrics.observe_prediction(int(digit))
-        tensors = {"probabilities": probabilities, "digit": digits}
-        response = _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
-    return response
+    if spec is PIXELS:
+        with serving.metrics.stage("preprocess"):
+            pixels = _pixels(data)
+        predictions = serving.inference.predict_pixels(model, pixels)
+    else:
+        predictions = serving.inference.predict_files(model, data, refused=_refuse_image)
+    requestlog.record_predictions(predictions)
+    with serving.metrics.stage("encode"):
+        tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
+                   "digit": [p.digit for p in predictions]}
+        return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
@@ -369,15 +362,9 @@ def _pixels(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _images(elements: list[bytes]) -> np.ndarray:
-    """Each image file through /predict's pipeline; the first refused one fails the request."""
-    images = []
-    for index, element in enumerate(elements):
-        try:
-            images.append(upload_to_mnist(element))
-        except (ApiError, imaging.ImageError) as exc:
-            raise V2Error(400, f"Image {index}: {exc}", exc.code) from exc
-    return np.stack(images)
+def _refuse_image(index: int, error: imaging.ImageError) -> None:
+    """The first image file that /predict's pipeline refuses fails the request."""
+    raise V2Error(400, f"Image {index}: {error}", error.code) from error
 
 
 def _infer_response(model_name: str, version: str, request_id: str | None,

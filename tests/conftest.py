@@ -1,4 +1,5 @@
-"""Shared fixtures: MNIST location, a tiny saved model, a model trained by the real trainer."""
+"""Shared fixtures: MNIST location, a tiny saved model, a model trained by the real trainer,
+and the app around the tiny model with its test client."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from models import DeepNetwork, preprocessing_config, save
+from server import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,3 +48,27 @@ def trained_model_path(mnist_dir: Path, tmp_path_factory) -> Path:
             "--checkpoint-dir", str(out / "checkpoints"), "--quiet"]
     assert main(argv) == 0
     return path
+
+
+@pytest.fixture
+def make_app(tiny_model_path: Path):
+    """``make_app(**settings)``: the app around the tiny model in testing mode, with settings
+    (limits, another MODEL_PATH) overridden, e.g. ``make_app(MAX_BATCH_FILES=2)``."""
+
+    def make(**settings):
+        return create_app({"TESTING": True, "MODEL_PATH": str(tiny_model_path), **settings})
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    """The app around the tiny model with the default settings; a test module that needs
+    other limits overrides this fixture with ``make_app(...)``."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """Flask's test client of ``app``."""
+    return app.test_client()

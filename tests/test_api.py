@@ -32,16 +32,6 @@ def upload(data: bytes) -> dict:
     return {"image": (io.BytesIO(data), "digit.png")}
 
 
-@pytest.fixture
-def app(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path)})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def assert_error(response, status: int, code: str) -> dict:
     """The one envelope: JSON, exactly {"error": {"code", "message"}}, nothing echoed."""
     assert response.status_code == status, response.get_data(as_text=True)
@@ -134,10 +124,8 @@ def test_batch_answers_in_order_with_per_file_errors(client, tiny_model_path):
         "invalid_image", "empty_image", "no_digit_found"]
 
 
-def test_batch_limits_and_errors(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 2,
-                      "MAX_UPLOAD_BYTES": 4000})
-    client = app.test_client()
+def test_batch_limits_and_errors(make_app):
+    client = make_app(MAX_BATCH_FILES=2, MAX_UPLOAD_BYTES=4000).test_client()
     three = {"images": [(io.BytesIO(digit_png()), f"{i}.png") for i in range(3)]}
     assert_error(client.post("/predict/batch", data=three), 413, "too_many_files")
     assert_error(client.post("/predict/batch", data=upload(digit_png())), 400, "missing_field")
@@ -176,9 +164,8 @@ def test_predict_client_errors(client, kwargs, status, code):
     assert_error(client.post("/predict", **kwargs), status, code)
 
 
-def test_too_many_bytes_is_413_multipart_and_raw(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_UPLOAD_BYTES": 2000})
-    client = app.test_client()
+def test_too_many_bytes_is_413_multipart_and_raw(make_app):
+    client = make_app(MAX_UPLOAD_BYTES=2000).test_client()
     body = SECRET + bytes(3000)
     error = assert_error(client.post("/predict", data=upload(body)), 413, "request_too_large")
     assert "2000" in error["message"]
@@ -186,10 +173,9 @@ def test_too_many_bytes_is_413_multipart_and_raw(tiny_model_path):
                  "request_too_large")
 
 
-def test_too_many_bytes_without_content_length_is_413(tiny_model_path):
+def test_too_many_bytes_without_content_length_is_413(make_app):
     """Chunked bodies, as gunicorn passes them on (input terminated, no Content-Length)."""
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_UPLOAD_BYTES": 2000})
-    client = app.test_client()
+    client = make_app(MAX_UPLOAD_BYTES=2000).test_client()
 
     def post(body: bytes, content_type: str):
         return client.post("/predict", input_stream=io.BytesIO(body), content_type=content_type,
@@ -203,9 +189,8 @@ def test_too_many_bytes_without_content_length_is_413(tiny_model_path):
     assert len(png) < 2000 and post(png, "image/png").status_code == 200
 
 
-def test_too_many_pixels_is_413(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_IMAGE_PIXELS": 1000})
-    client = app.test_client()
+def test_too_many_pixels_is_413(make_app):
+    client = make_app(MAX_IMAGE_PIXELS=1000).test_client()
     assert client.post("/predict", data=upload(digit_png(30))).status_code == 200
     assert_error(client.post("/predict", data=upload(digit_png(64))), 413, "image_too_large")
 
@@ -241,20 +226,20 @@ def broken_model_path(tmp_path) -> Path:
     return path
 
 
-def test_failed_self_test_is_503_not_ready(broken_model_path):
+def test_failed_self_test_is_503_not_ready(make_app, broken_model_path):
     with np.errstate(all="ignore"):
-        client = create_app({"MODEL_PATH": str(broken_model_path)}).test_client()
+        client = make_app(MODEL_PATH=str(broken_model_path)).test_client()
         assert client.get("/healthz").status_code == 200
         assert "self-test" in assert_error(client.get("/readyz"), 503, "not_ready")["message"]
         assert_error(client.post("/predict", data=upload(digit_png())), 503, "not_ready")
         assert client.get("/model").get_json()["ready"] is False
 
 
-def test_a_float64_model_is_served_in_float32(tmp_path):
+def test_a_float64_model_is_served_in_float32(make_app, tmp_path):
     network = DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(1), dtype=np.float64)
     path = tmp_path / "f64.npz"
     save(network, path, {"preprocessing": preprocessing_config(0.1307, 0.3081)})
-    model = get_serving(create_app({"MODEL_PATH": str(path)})).model
+    model = get_serving(make_app(MODEL_PATH=str(path))).model
     assert {p.value.dtype for p in model.module.parameters()} == {np.dtype(np.float32)}
     images = np.random.default_rng(2).random((5, 28, 28))
     x = (images.reshape(5, 784) - 0.1307) / 0.3081

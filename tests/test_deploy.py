@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server import create_app
-
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,8 +147,7 @@ def runtime_name() -> str:
 
 # -- what the schemas cannot know ---------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["Deployment", "ServingRuntime"])
-def test_probes_ask_real_routes_of_the_app(tiny_model_path, kind):
-    app = create_app({"MODEL_PATH": str(tiny_model_path)})
+def test_probes_ask_real_routes_of_the_app(app, kind):
     routes = {rule.rule: rule.methods for rule in app.url_map.iter_rules()}
     spec = container(pod_spec(kind))
     probes = {name: spec[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")

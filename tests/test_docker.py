@@ -42,13 +42,13 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 from drawing import digit_png
+from engines import DOCKERFILE, REPO, Engine, base_image, connect
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from bench.loadgen import upload
 from bench.servers import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "requirements.lock"
 HEALTHCHECK_SCRIPT = REPO / "docker" / "healthcheck.py"
 
@@ -56,7 +56,6 @@ HEALTHCHECK_SCRIPT = REPO / "docker" / "healthcheck.py"
 STAGES = ["base", "build", "app", "mnist", "train", "model-none", "model-train", "model-context",
           "model", "runtime"]
 PINNED_PYTHON = re.compile(r"python:(\d+)\.(\d+)\.(\d+)-slim-[a-z]+(@sha256:[0-9a-f]{64})?")
-UNDER_CI = os.environ.get("CI") == "true"
 
 
 # --- the Dockerfile's structure, read by dockerfile-parse ------------------------------------
@@ -98,15 +97,6 @@ def stages(parsed) -> dict[str, Stage]:
         elif found and instruction["instruction"] != "COMMENT":
             found[-1].instructions.append(instruction)
     return {stage.name: stage for stage in found}
-
-
-def base_image() -> str:
-    """The image the `base` stage starts FROM: what docker/stand-in-base.sh must stand in for."""
-    for instruction in DockerfileParser(str(DOCKERFILE)).structure:
-        words = instruction["value"].split()
-        if instruction["instruction"] == "FROM" and words[-1] == "base":
-            return words[0]
-    raise AssertionError("the Dockerfile has no `FROM <image> AS base`")
 
 
 def test_no_parser_directive_that_pulls_a_frontend():
@@ -180,14 +170,19 @@ def hadolint_binary() -> str:
     return found
 
 
-def test_hadolint_finds_nothing(tmp_path):
+#: The service's Dockerfile and those of the compose deployment's proxy and Prometheus.
+DOCKERFILES = ["Dockerfile", "docker/haproxy/Dockerfile", "docker/prometheus/Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_hadolint_finds_nothing(tmp_path, dockerfile):
     # HOME and XDG_CONFIG_HOME emptied: a user's own hadolint config must not hide findings.
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
     result = subprocess.run(
         [hadolint_binary(), "--no-color", "--failure-threshold", "style", "--format", "json",
-         "Dockerfile"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+         dockerfile], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     findings = json.loads(result.stdout or "[]")
-    report = "\n".join(f"Dockerfile:{f['line']} {f['code']} {f['level']}: {f['message']}"
+    report = "\n".join(f"{dockerfile}:{f['line']} {f['code']} {f['level']}: {f['message']}"
                        for f in findings)
     assert result.returncode == 0 and not findings, report or result.stderr
 
@@ -317,64 +312,9 @@ def test_healthcheck_exit_status_follows_the_answer(capsys):
 
 # --- a real engine -----------------------------------------------------------------------------
 
-def unavailable(reason: str):
-    """Skip, saying why; under CI, where the engine must run, fail instead."""
-    if UNDER_CI:
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
-
-
-def buildkit_client() -> str | None:
-    """The first `docker` on PATH that builds with BuildKit: one with the buildx plugin, or a
-    client older than 23 (DOCKER_BUILDKIT=1 selects the engine's own BuildKit). A newer client
-    without buildx falls back to the legacy builder, which cannot build this Dockerfile."""
-    for directory in dict.fromkeys(os.environ.get("PATH", "").split(os.pathsep)):
-        client = os.path.join(directory, "docker")
-        if not (directory and os.access(client, os.X_OK)):
-            continue
-        if subprocess.run([client, "buildx", "version"], capture_output=True,
-                          timeout=30).returncode == 0:
-            return client
-        version = subprocess.run([client, "version", "--format", "{{.Client.Version}}"],
-                                 capture_output=True, text=True, timeout=30).stdout
-        major = re.match(r"\d+", version)
-        if major and int(major.group()) < 23:
-            return client
-    return None
-
-
-@dataclass
-class Engine:
-    """A docker client talking to a running daemon."""
-
-    client: str
-
-    def __call__(self, *args: str, timeout: float = 120, check: bool = True,
-                 **kwargs) -> subprocess.CompletedProcess:
-        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-        result = subprocess.run([self.client, *args], env=env, capture_output=True, text=True,
-                                timeout=timeout, **kwargs)
-        if check and result.returncode != 0:
-            pytest.fail(f"docker {' '.join(args)} exited {result.returncode}:\n"
-                        f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
-        return result
-
-
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    client = buildkit_client()
-    if client is None:
-        unavailable("no docker client that builds with BuildKit on PATH (Docker 23+ with buildx, "
-                    "or Debian's docker.io)")
-    docker = Engine(client)
-    server = docker("version", "--format", "{{.Server.Version}}", check=False, timeout=30)
-    if server.returncode != 0:
-        unavailable(f"no Docker daemon: {server.stderr.strip()[:300]}")
-    if docker("image", "inspect", base_image(), check=False).returncode != 0:
-        unavailable(f"the base image {base_image()} is not here, and tests do not pull: "
-                    f"`docker pull {base_image()}`, or make a stand-in with "
-                    f"docker/stand-in-base.sh")
-    return docker
+    return connect()
 
 
 def pip_build_settings(directory: Path) -> list[str]:
@@ -565,15 +505,6 @@ def running(engine: Engine, image: str, model: Path | None = None):
         yield container
     finally:
         container.remove()
-
-
-def upload(png: bytes) -> tuple[bytes, str]:
-    """A multipart/form-data body with the image as field "image", and its content type."""
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
-            f'filename="digit.png"\r\nContent-Type: image/png\r\n\r\n').encode()
-    body += png + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def assert_predicts(container: Container) -> None:

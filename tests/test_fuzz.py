@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from server import create_app, imaging
+from server import imaging
 from server.imaging import arrays, decode, limits, normalise, pieces, pipeline
 
 MAX_PIXELS = 1_000_000
@@ -24,9 +24,8 @@ FUZZ = settings(max_examples=150, deadline=None,
 
 
 @pytest.fixture
-def client(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_IMAGE_PIXELS": MAX_PIXELS})
-    return app.test_client()
+def app(make_app):
+    return make_app(MAX_IMAGE_PIXELS=MAX_PIXELS)
 
 
 def post_both_ways(client, data: bytes, content_type: str = "image/png"):

@@ -7,12 +7,10 @@ import gzip
 import io
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw, ImageFont
 from test_api import assert_error
 
-from server import create_app
-from server.api import MAX_NUMBER_DIGITS
+from server.inference import MAX_NUMBER_DIGITS
 from server.state import get_serving
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
@@ -39,11 +37,6 @@ def png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
-
-
-@pytest.fixture
-def client(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path)}).test_client()
 
 
 def test_digits_left_to_right_with_boxes_in_one_forward_pass(client, monkeypatch):
@@ -102,9 +95,8 @@ def test_errors_in_the_envelope(client):
                  422, "too_many_digits")
 
 
-def test_same_limits_as_predict(tiny_model_path):
-    client = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_UPLOAD_BYTES": 1000,
-                         "MAX_IMAGE_PIXELS": 10_000}).test_client()
+def test_same_limits_as_predict(make_app):
+    client = make_app(MAX_UPLOAD_BYTES=1000, MAX_IMAGE_PIXELS=10_000).test_client()
     assert_error(client.post("/predict/number", data=bytes(2000), content_type="image/png"),
                  413, "request_too_large")
     wide = png(Image.new("L", (200, 100), 255))  # 20000 pixels, a few hundred bytes
@@ -124,10 +116,10 @@ def mnist_number(mnist_dir, indices: list[int]) -> tuple[bytes, str]:
     return png(Image.fromarray(canvas)), "".join(str(labels[i]) for i in indices)
 
 
-def test_a_trained_model_reads_numbers(trained_model_path, mnist_dir):
+def test_a_trained_model_reads_numbers(make_app, trained_model_path, mnist_dir):
     """Handwritten digits (MNIST test, unseen in training), the kind a briefly trained model
     reads reliably; font digits are measured by bench/written_numbers.py instead."""
-    client = create_app({"MODEL_PATH": str(trained_model_path)}).test_client()
+    client = make_app(MODEL_PATH=str(trained_model_path)).test_client()
     data, expected = mnist_number(mnist_dir, [0, 1, 2, 3])  # 7, 2, 1, 0: clearly written
     body = client.post("/predict/number", data=data, content_type="image/png").get_json()
     assert body["number"] == expected, body

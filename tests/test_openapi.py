@@ -7,14 +7,12 @@ import re
 import pytest
 from drawing import digit_png
 
-from server import create_app
-
 IGNORED_METHODS = {"HEAD", "OPTIONS"}  # added by Flask to every GET route
 
 
 @pytest.fixture
-def app(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 7})
+def app(make_app):
+    return make_app(MAX_BATCH_FILES=7)
 
 
 @pytest.fixture

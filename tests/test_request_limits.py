@@ -11,13 +11,6 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 from werkzeug.wrappers import Response
 
-from server import create_app
-
-
-@pytest.fixture
-def client(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path)}).test_client()
-
 
 def post_form(client, path: str, fields: dict):
     """POST ``fields`` and a digit in "image" as multipart, the body built in memory (the
@@ -45,9 +38,8 @@ def test_too_large_text_field_says_so(client):
     assert "text field is larger than the limit of 500000 bytes" in error["message"], error
 
 
-def test_too_large_body_still_names_the_body_limit(tiny_model_path):
-    client = create_app({"MODEL_PATH": str(tiny_model_path),
-                         "MAX_UPLOAD_BYTES": 10_000}).test_client()
+def test_too_large_body_still_names_the_body_limit(make_app):
+    client = make_app(MAX_UPLOAD_BYTES=10_000).test_client()
     error = error_of(client.post("/predict", data=bytes(20_000), content_type="image/png"), 413)
     assert error["message"] == "The request body is larger than the limit of 10000 bytes."
 
@@ -69,8 +61,7 @@ class StalledBody(io.RawIOBase):
         return 4
 
 
-def test_a_body_read_that_times_out_is_408(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path)})
+def test_a_body_read_that_times_out_is_408(app):
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "SERVER_NAME": "localhost",
                "SERVER_PORT": "80", "wsgi.url_scheme": "http", "CONTENT_TYPE": "image/png",
                "CONTENT_LENGTH": "100000", "wsgi.input": StalledBody(),

@@ -12,7 +12,7 @@ import pytest
 from drawing import digit_png
 from test_api import blank_png, scrape
 
-from server import create_app, v2
+from server import v2
 from server.state import get_serving
 
 TOKEN = "do-not-echo-7f3a"
@@ -20,14 +20,8 @@ SECRET = f"<script>{TOKEN}</script>"
 
 
 @pytest.fixture
-def app(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path), "MAX_BATCH_FILES": 4,
-                       "MAX_UPLOAD_BYTES": 60_000})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+def app(make_app):
+    return make_app(MAX_BATCH_FILES=4, MAX_UPLOAD_BYTES=60_000)
 
 
 @pytest.fixture
@@ -239,7 +233,7 @@ def test_image_limits_are_checked_before_any_decoding(client, app, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("decoded an image of a request that must be refused first")
 
-    monkeypatch.setattr(v2, "upload_to_mnist", never)
+    monkeypatch.setattr(get_serving(app).inference, "transform", never)
     too_big = b"\x89PNG" + bytes(60_001)
     assert "limit of 60000 bytes" in assert_v2_error(
         infer(client, *image_request([digit_png(), too_big]), model="digitgrad-image"), 400)

@@ -37,10 +37,11 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def client(server):
+def triton(server):
+    """tritonclient's HTTP client of the module's server."""
     base, _ = server
-    with httpclient.InferenceServerClient(base.removeprefix("http://")) as triton:
-        yield triton
+    with httpclient.InferenceServerClient(base.removeprefix("http://")) as client:
+        yield client
 
 
 def strokes(n: int) -> np.ndarray:
@@ -73,30 +74,30 @@ def refused(call) -> tuple[str, str]:
     return info.value.status(), info.value.message()
 
 
-def test_health_and_metadata(client, server):
+def test_health_and_metadata(triton, server):
     _, model = server
-    assert client.is_server_live() and client.is_server_ready()
-    meta = client.get_server_metadata()
+    assert triton.is_server_live() and triton.is_server_ready()
+    meta = triton.get_server_metadata()
     assert meta["name"] == "digitgrad" and "binary_tensor_data" in meta["extensions"]
     for name, tensor in [("digitgrad", ("pixels", "FP32", [-1, 28, 28])),
                          ("digitgrad-image", ("image", "BYTES", [-1]))]:
-        assert client.is_model_ready(name) and client.is_model_ready(name, model.model_id)
-        meta = client.get_model_metadata(name, model.model_id)
+        assert triton.is_model_ready(name) and triton.is_model_ready(name, model.model_id)
+        meta = triton.get_model_metadata(name, model.model_id)
         assert meta["versions"] == [model.model_id]
         inputs = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
         assert inputs == [tensor]
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
             ("probabilities", "FP32"), ("digit", "INT64")]
-    assert not client.is_model_ready("mnist")
-    assert not client.is_model_ready("digitgrad", "0123456789ab")
-    assert refused(lambda: client.get_model_metadata("mnist"))[0] == "404"
+    assert not triton.is_model_ready("mnist")
+    assert not triton.is_model_ready("digitgrad", "0123456789ab")
+    assert refused(lambda: triton.get_model_metadata("mnist"))[0] == "404"
 
 
 @pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (False, True)])
-def test_pixels_json_and_binary_match_the_model(client, server, binary_in, binary_out):
+def test_pixels_json_and_binary_match_the_model(triton, server, binary_in, binary_out):
     _, model = server
     images = strokes(3)
-    result = client.infer("digitgrad", [pixels_input(images, binary_in)],
+    result = triton.infer("digitgrad", [pixels_input(images, binary_in)],
                           outputs=outputs("probabilities", "digit", binary=binary_out),
                           request_id="req-7")
     response = result.get_response()
@@ -107,24 +108,24 @@ def test_pixels_json_and_binary_match_the_model(client, server, binary_in, binar
     assert result.as_numpy("digit").dtype == np.int64
 
 
-def test_output_subset_and_default_binary_outputs(client, server):
+def test_output_subset_and_default_binary_outputs(triton, server):
     _, model = server
     images = strokes(2)
-    only = client.infer("digitgrad", [pixels_input(images, True)],
+    only = triton.infer("digitgrad", [pixels_input(images, True)],
                         outputs=outputs("digit", binary=False))
     assert [o["name"] for o in only.get_response()["outputs"]] == ["digit"]
     assert only.as_numpy("probabilities") is None
     # No outputs named: tritonclient asks for all of them as binary (binary_data_output).
-    every = client.infer("digitgrad", [pixels_input(images, False)])
+    every = triton.infer("digitgrad", [pixels_input(images, False)])
     assert all("binary_data_size" in o["parameters"] for o in every.get_response()["outputs"])
     np.testing.assert_allclose(every.as_numpy("probabilities"), model.predict(images), atol=1e-6)
     assert "id" not in every.get_response()
 
 
-def test_image_files_match_predict(client, server):
+def test_image_files_match_predict(triton, server):
     base, _ = server
     files = [digit_png(), digit_png(80, "JPEG")]
-    result = client.infer("digitgrad-image", [images_input(files)],
+    result = triton.infer("digitgrad-image", [images_input(files)],
                           outputs=outputs("probabilities", "digit", binary=True))
     for row, digit, data in zip(result.as_numpy("probabilities"), result.as_numpy("digit"),
                                 files):
@@ -135,38 +136,38 @@ def test_image_files_match_predict(client, server):
         assert digit == single["digit"]
 
 
-def test_errors_reach_the_client_with_the_protocols_status(client, server):
+def test_errors_reach_the_client_with_the_protocols_status(triton, server):
     base, _ = server
     wrong_shape = httpclient.InferInput("pixels", [1, 784], "FP32")
     wrong_shape.set_data_from_numpy(np.zeros((1, 784), np.float32))
-    status, message = refused(lambda: client.infer("digitgrad", [wrong_shape]))
+    status, message = refused(lambda: triton.infer("digitgrad", [wrong_shape]))
     assert status == "400" and "[N, 28, 28]" in message
 
     wrong_type = httpclient.InferInput("pixels", [1, 28, 28], "FP64")
     wrong_type.set_data_from_numpy(np.zeros((1, 28, 28), np.float64))
-    assert refused(lambda: client.infer("digitgrad", [wrong_type]))[0] == "400"
+    assert refused(lambda: triton.infer("digitgrad", [wrong_type]))[0] == "400"
 
     out_of_range = pixels_input(strokes(1) * 255, binary=True)
-    assert refused(lambda: client.infer("digitgrad", [out_of_range]))[0] == "400"
+    assert refused(lambda: triton.infer("digitgrad", [out_of_range]))[0] == "400"
 
     too_many = pixels_input(strokes(1).repeat(17, axis=0), binary=True)
-    status, message = refused(lambda: client.infer("digitgrad", [too_many]))
+    status, message = refused(lambda: triton.infer("digitgrad", [too_many]))
     assert status == "400" and "1 to 16 images" in message
 
-    status, message = refused(lambda: client.infer(
+    status, message = refused(lambda: triton.infer(
         "digitgrad-image", [images_input([digit_png(), b"not an image"])]))
     assert status == "400" and message.startswith("Image 1: ")
 
-    assert refused(lambda: client.infer("mnist", [pixels_input(strokes(1), True)]))[0] == "404"
-    assert refused(lambda: client.infer("digitgrad", [pixels_input(strokes(1), True)],
+    assert refused(lambda: triton.infer("mnist", [pixels_input(strokes(1), True)]))[0] == "404"
+    assert refused(lambda: triton.infer("digitgrad", [pixels_input(strokes(1), True)],
                                         model_version="1"))[0] == "404"
 
     # 16 images as binary data fit the limit; as JSON text they are over 60 kB and refused
     # before the body is parsed. (gunicorn then drops the connection rather than drain more
     # than 64 KiB of an unread body, so this goes last on this client's connection.)
-    assert client.infer("digitgrad", [pixels_input(np.zeros((16, 28, 28), np.float32), True)])
+    assert triton.infer("digitgrad", [pixels_input(np.zeros((16, 28, 28), np.float32), True)])
     big = pixels_input(np.full((16, 28, 28), 0.123456, np.float32), binary=False)
-    status, message = refused(lambda: client.infer("digitgrad", [big]))
+    status, message = refused(lambda: triton.infer("digitgrad", [big]))
     assert status == "413" and str(MAX_UPLOAD_BYTES) in message
 
     status, body = request(base + "/metrics")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shlex
 import sys
 from datetime import datetime, timezone
 
-from models import preprocessing_config, save, to_model_input
+from models import digitgrad_version, preprocessing_config, save, to_model_input
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
 from trainer.cli import EXIT_FAILURE, EXIT_OK
@@ -25,14 +24,6 @@ from trainer.report import (
     write_metrics_csv,
     write_plots,
 )
-
-
-def digitgrad_version() -> str:
-    """The installed package's version (from its metadata), or "unknown" in a bare checkout."""
-    try:
-        return importlib.metadata.version("digitgrad")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> TrainConfig:

@@ -1,0 +1,102 @@
+"""Request ids and one JSON log line per request.
+
+``init_app(app)`` gives every request an id: the client's ``X-Request-ID`` when it is a sane
+token (a proxy's or a caller's, so their logs and ours share it), else a new one. The id is
+echoed in the response's ``X-Request-ID`` and logged, with the route, status, latency and model
+id, as one JSON object per line on stdout, where containers collect it::
+
+    {"time": "2026-01-31T12:00:00.123Z", "request_id": "4bf9...", "method": "POST",
+     "route": "/predict", "status": 200, "latency_ms": 4.1, "model": "2641ed5140b6",
+     "pid": 12, "digit": 7, "confidence": 0.9931}
+
+A request that predicted adds ``digit`` and ``confidence`` (``digits`` and ``confidences``
+when it predicted several: batches, numbers, V2). Never the image, headers or query: they may
+carry what users did not mean to leave in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+from flask import Flask, Response, g, request
+
+from server.inference import Prediction
+from server.metrics import route_label
+from server.state import get_serving
+
+HEADER = "X-Request-ID"
+#: Ids we keep: what proxies and tracing libraries send (UUIDs, hex trace ids, dotted or
+#: dashed tokens), bounded so that a client cannot fill the log with one header.
+VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+=/-]{0,127}")
+
+log = logging.getLogger("digitgrad.requests")
+
+
+class _StdoutHandler(logging.Handler):
+    """Writes each record's message as one line to the current ``sys.stdout`` (looked up per
+    record, so a replaced stdout, as under pytest's capture, is honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(record.getMessage() + "\n")
+            sys.stdout.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def record_predictions(results: Iterable) -> None:
+    """Add the predicted digits and their confidences to the current request's log line
+    (a batch's refused files, not Predictions, are left out)."""
+    g.setdefault("predictions", []).extend(
+        (p.digit, p.confidence) for p in results if isinstance(p, Prediction))
+
+
+def _start() -> None:
+    g.request_started = time.perf_counter()
+    incoming = request.headers.get(HEADER, "")
+    g.request_id = incoming if VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def _finish(response: Response) -> Response:
+    # setdefault: an id even if a before_request hook ahead of _start answered the request
+    request_id = g.setdefault("request_id", uuid.uuid4().hex)
+    response.headers[HEADER] = request_id
+    started = g.get("request_started")
+    line = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z",
+        "request_id": request_id,
+        "method": request.method,
+        "route": route_label(),
+        "status": response.status_code,
+        "latency_ms": None if started is None else
+        round((time.perf_counter() - started) * 1000, 2),
+        "model": get_serving().model.model_id,
+        "pid": os.getpid(),
+    }
+    predictions = g.get("predictions", [])
+    if len(predictions) == 1:
+        line["digit"], line["confidence"] = predictions[0][0], round(predictions[0][1], 4)
+    elif predictions:
+        line["digits"] = [digit for digit, _ in predictions]
+        line["confidences"] = [round(confidence, 4) for _, confidence in predictions]
+    log.info(json.dumps(line))
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Give ``app``'s requests ids and log each as one JSON line on stdout."""
+    if not log.handlers:
+        log.addHandler(_StdoutHandler())
+        log.setLevel(logging.INFO)
+        # Ours alone: a root handler (a test's, an embedding app's) would print it twice.
+        log.propagate = False
+    app.before_request(_start)
+    app.after_request(_finish)
