@@ -13,7 +13,6 @@ from drawing import digit_png
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import EnvironBuilder, encode_multipart
 
-from server import create_app
 from server.bodies import BodyBudget, InMemoryRequest
 
 
@@ -43,8 +42,7 @@ def no_temporary_files(monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", full)
 
 
-def test_a_full_batch_of_large_files_never_touches_the_disk(tiny_model_path, no_temporary_files):
-    client = create_app({"MODEL_PATH": str(tiny_model_path)}).test_client()
+def test_a_full_batch_of_large_files_never_touches_the_disk(client, no_temporary_files):
     files = [padded_png(600_000)] * 16  # each past werkzeug's 500 kB spooling threshold
     body, content_type = multipart("images", files)
     response = client.post("/predict/batch", data=body, content_type=content_type)
@@ -58,14 +56,12 @@ def test_a_full_batch_of_large_files_never_touches_the_disk(tiny_model_path, no_
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
                                    MemoryError()])
 @pytest.mark.parametrize("route", ["/predict", "/v2/models/digitgrad-image/infer"])
-def test_the_servers_own_trouble_reading_a_body_is_a_503(tiny_model_path, monkeypatch, error,
-                                                         route):
+def test_the_servers_own_trouble_reading_a_body_is_a_503(client, monkeypatch, error, route):
     def fail(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(InMemoryRequest, "_get_file_stream", fail)
     monkeypatch.setattr(InMemoryRequest, "get_data", fail)
-    client = create_app({"MODEL_PATH": str(tiny_model_path)}).test_client()
     body, content_type = multipart("image", [digit_png()])
     response = client.post(route, data=body, content_type=content_type)
     assert response.status_code == 503
@@ -104,10 +100,9 @@ class SlowBody:
         return chunk
 
 
-def test_bodies_held_at_once_are_bounded_per_worker(tiny_model_path):
+def test_bodies_held_at_once_are_bounded_per_worker(make_app):
     png = padded_png(30_000)
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_BODY_BYTES_PER_WORKER": 50_000})
-    client = app.test_client()
+    client = make_app(MAX_BODY_BYTES_PER_WORKER=50_000).test_client()
     # one request holds 25 kB of its body and waits for the rest...
     slow = SlowBody(png, 25_000)
     environ = EnvironBuilder(path="/predict", method="POST", content_type="image/png",
@@ -142,7 +137,6 @@ def test_the_budget_counts_bytes_as_they_arrive_and_gives_them_back():
     assert budget.held == 0
 
 
-def test_the_default_budget_holds_a_full_batch_and_four_uploads(tiny_model_path):
-    app = create_app({"MODEL_PATH": str(tiny_model_path), "MAX_UPLOAD_BYTES": 1000,
-                      "MAX_BATCH_FILES": 3})
+def test_the_default_budget_holds_a_full_batch_and_four_uploads(make_app):
+    app = make_app(MAX_UPLOAD_BYTES=1000, MAX_BATCH_FILES=3)
     assert app.config["MAX_BODY_BYTES_PER_WORKER"] == 7 * 1000 + 2 * 64 * 1024

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server import create_app, imaging
+from server import imaging
 
 FUZZ = settings(max_examples=150, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -94,11 +94,6 @@ def special_files() -> list[bytes]:
         image.save(out, format="PNG")
         files.append(out.getvalue())
     return files + non_finite_tiffs()
-
-
-@pytest.fixture
-def client(tiny_model_path):
-    return create_app({"MODEL_PATH": str(tiny_model_path), "TESTING": True}).test_client()
 
 
 def assert_no_digit(client, data: bytes) -> None:
