@@ -10,11 +10,12 @@ Uploads are bounded by the body limits above, so here they simply stay in memory
 (``InMemoryRequest``).
 
 The limits bound one body; ``BodyBudget`` bounds the bodies one worker holds at once, whatever
-its thread count: every byte read from a request's body is counted against
-MAX_BODY_BYTES_PER_WORKER until the request ends, and a request whose next read would go past
-it is answered 503 with Retry-After. Bytes are counted as they arrive, not as declared, so a
-client announcing a large body and trickling it holds only what it sent; and a refused read
-never waits, so requests can never deadlock waiting for each other's bytes.
+its thread count: a request's body counts against MAX_BODY_BYTES_PER_WORKER from its first read
+to the request's end (its whole Content-Length at once, a chunked body as it arrives), and a
+request that would go past it is answered 503 with Retry-After. Refused at once, never waiting:
+requests cannot deadlock on each other's bytes, and the bodies admitted are the ones that
+complete (counting bytes as they came instead let concurrent large uploads refuse each other
+half-way, none completing).
 
 A body whose framing the server cannot parse (a bad chunk size or terminator under gunicorn)
 is a 400 here, whatever server reads it.
@@ -106,7 +107,7 @@ class BodyBudget:
         """
 
         def counted_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-            body = CountedBody(environ["wsgi.input"], self)
+            body = CountedBody(environ["wsgi.input"], self, _declared_length(environ))
             environ["wsgi.input"] = body
             try:
                 return wsgi_app(environ, start_response)
@@ -116,17 +117,38 @@ class BodyBudget:
         return counted_app
 
 
-class CountedBody:
-    """A WSGI input stream whose bytes are taken from a BodyBudget as they are read."""
+def _declared_length(environ: dict) -> int | None:
+    """The body's Content-Length, or None (chunked, or not a number: the server refuses it)."""
+    try:
+        return max(int(environ.get("CONTENT_LENGTH") or ""), 0)
+    except ValueError:
+        return None
 
-    def __init__(self, stream, budget: BodyBudget):
+
+class CountedBody:
+    """A WSGI input stream whose bytes are taken from a BodyBudget: a body of known length all
+    at once at its first read, before any of it is received (a refused client has sent nothing
+    yet, with ``Expect: 100-continue`` not even that), a chunked one as its bytes arrive."""
+
+    def __init__(self, stream, budget: BodyBudget, declared: int | None):
         self._stream = stream
         self._budget = budget
-        self.count = 0
+        self._declared = declared
+        self._started = False
+        self.count = 0  #: bytes taken from the budget
 
-    def _took(self, data: bytes) -> bytes:
-        self._budget.take(len(data))
-        self.count += len(data)
+    def _take(self, count: int) -> None:
+        self._budget.take(count)
+        self.count += count
+
+    def _read(self, method: str, *args):
+        if not self._started:
+            if self._declared is not None:
+                self._take(self._declared)
+            self._started = True
+        data = self._call(method, *args)
+        if self._declared is None:
+            self._take(sum(map(len, data)) if method == "readlines" else len(data))
         return data
 
     def _call(self, method: str, *args):
@@ -138,16 +160,13 @@ class CountedBody:
             raise MalformedBody() from exc
 
     def read(self, size: int = -1) -> bytes:
-        return self._took(self._call("read", size))
+        return self._read("read", size)
 
     def readline(self, size: int = -1) -> bytes:
-        return self._took(self._call("readline", size))
+        return self._read("readline", size)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = self._call("readlines", hint)
-        self._budget.take(sum(map(len, lines)))
-        self.count += sum(map(len, lines))
-        return lines
+        return self._read("readlines", hint)
 
     def __iter__(self):
         while line := self.readline():

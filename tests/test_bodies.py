@@ -13,7 +13,7 @@ from drawing import digit_png
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import EnvironBuilder, encode_multipart
 
-from server.bodies import BodyBudget, InMemoryRequest
+from server.bodies import BodiesOverBudget, BodyBudget, CountedBody, InMemoryRequest
 
 
 def multipart(field: str, files: list[bytes]) -> tuple[bytes, str]:
@@ -103,7 +103,7 @@ class SlowBody:
 def test_bodies_held_at_once_are_bounded_per_worker(make_app):
     png = padded_png(30_000)
     client = make_app(MAX_BODY_BYTES_PER_WORKER=50_000).test_client()
-    # one request holds 25 kB of its body and waits for the rest...
+    # one request is receiving its 30 kB body (25 kB have come)...
     slow = SlowBody(png, 25_000)
     environ = EnvironBuilder(path="/predict", method="POST", content_type="image/png",
                              input_stream=slow, content_length=len(png)).get_environ()
@@ -111,7 +111,8 @@ def test_bodies_held_at_once_are_bounded_per_worker(make_app):
     thread = threading.Thread(target=lambda: answers.append(client.open(environ)))
     thread.start()
     assert slow.started.wait(timeout=30)
-    # ...so another 30 kB would take the worker past 50 kB: refused at once, nothing waits
+    # ...so another 30 kB would take the worker past 50 kB: refused at once, before a byte of
+    # its body is read, and nothing waits
     busy = client.post("/predict", data=png, content_type="image/png")
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
     assert busy.get_json()["error"]["code"] == "server_busy"
@@ -127,13 +128,22 @@ def test_bodies_held_at_once_are_bounded_per_worker(make_app):
     assert 'digitgrad_rejections_total{reason="server_busy"} 2.0' in metrics
 
 
-def test_the_budget_counts_bytes_as_they_arrive_and_gives_them_back():
+def test_a_known_length_is_taken_before_reading_a_chunked_body_as_it_arrives():
     budget = BodyBudget(100)
-    budget.take(60)
-    budget.take(40)
-    with pytest.raises(Exception, match="503"):
-        budget.take(1)
-    budget.give_back(100)
+    stream = io.BytesIO(bytes(150))
+    with pytest.raises(BodiesOverBudget):  # 150 declared: refused before a byte is read
+        CountedBody(stream, budget, declared=150).read(10)
+    assert stream.tell() == 0 and budget.held == 0
+    known = CountedBody(io.BytesIO(bytes(60)), budget, declared=60)
+    assert len(known.read(10)) == 10 and budget.held == 60  # all 60 at the first read
+    known.read()
+    assert budget.held == 60
+    chunked = CountedBody(io.BytesIO(bytes(150)), budget, declared=None)
+    chunked.read(30)
+    assert budget.held == 90  # as it arrives
+    with pytest.raises(BodiesOverBudget):
+        chunked.read(30)
+    budget.give_back(known.count + chunked.count)
     assert budget.held == 0
 
 
