@@ -5,8 +5,9 @@
 Environment: MODEL_PATH (model file, default model.npz), BIND or PORT (default 0.0.0.0:8000),
 WEB_CONCURRENCY (worker processes), GUNICORN_THREADS (threads per worker),
 CLIENT_READ_TIMEOUT (seconds a request body may stall),
-PROMETHEUS_MULTIPROC_DIR (where workers share metrics; a private temporary directory if unset),
-and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES): docs/serving.md.
+PROMETHEUS_MULTIPROC_DIR (where workers share metrics; a private temporary directory in
+/dev/shm if unset), and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES,
+MAX_BODY_BYTES_PER_WORKER): docs/serving.md.
 The measurements behind these choices are in docs/benchmarks.md.
 """
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.servers import gunicorn_env, gunicorn_process, proc_status, worker_pids
+from bench.servers import gunicorn_env, gunicorn_process, proc_status, settled_rss, worker_pids
 
 MB = 2**20
 UPLOAD = 5 * MB  # the default MAX_UPLOAD_BYTES
@@ -119,18 +119,6 @@ def post(base: str, path: str, body: bytes, headers: dict) -> str:
     return answer.split(b" ", 2)[1].decode() if answer else "reset"
 
 
-def settled(pid: int) -> int:
-    """VmRSS once it stops moving."""
-    previous = proc_status(pid)["VmRSS"]
-    for _ in range(50):
-        time.sleep(0.2)
-        current = proc_status(pid)["VmRSS"]
-        if current == previous:
-            break
-        previous = current
-    return previous
-
-
 def measure(model: Path, workload: str, requests: int, concurrency: int, workers: int,
             folder: Path) -> None:
     """Run one workload on a fresh server and print its memory."""
@@ -138,8 +126,9 @@ def measure(model: Path, workload: str, requests: int, concurrency: int, workers
     todo = [todo[i % len(todo)] for i in range(requests)]
     env = gunicorn_env(model, WEB_CONCURRENCY=str(workers))
     with gunicorn_process(env, folder / f"gunicorn-{workload}.log") as (base, process):
-        pids = worker_pids(process.pid)
-        start = {pid: settled(pid) for pid in pids}
+        while len(pids := worker_pids(process.pid)) < workers:  # ready: one worker answered
+            time.sleep(0.1)
+        start = {pid: settled_rss(pid) for pid in pids}
         began = time.monotonic()
         with ThreadPoolExecutor(concurrency) as pool:
             statuses = list(pool.map(lambda call: post(base, *call), todo))
@@ -148,7 +137,7 @@ def measure(model: Path, workload: str, requests: int, concurrency: int, workers
         print(f"{workload}: {requests} requests, {concurrency} at a time, {seconds:.0f} s "
               f"({counts})")
         for pid in pids:
-            idle, peak = settled(pid), proc_status(pid)["VmHWM"]
+            idle, peak = settled_rss(pid), proc_status(pid)["VmHWM"]
             print(f"  worker: after start-up {start[pid] / MB:.0f} MiB, peak {peak / MB:.0f} "
                   f"MiB (+{(peak - start[pid]) / MB:.0f}), idle {idle / MB:.0f} MiB "
                   f"(+{(idle - start[pid]) / MB:.0f})")

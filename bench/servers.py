@@ -132,3 +132,16 @@ def proc_status(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             figures[name] = int(value.split()[0]) * 1024  # reported in kB
     return figures
+
+
+def settled_rss(pid: int, seconds: float = 10) -> int:
+    """A process's VmRSS once it stops moving (answers written, memory given back), or after
+    ``seconds``."""
+    previous = proc_status(pid)["VmRSS"]
+    for _ in range(int(seconds / 0.2)):
+        time.sleep(0.2)
+        current = proc_status(pid)["VmRSS"]
+        if current == previous:
+            break
+        previous = current
+    return previous

@@ -12,27 +12,16 @@ from __future__ import annotations
 import io
 import json
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 from drawing import digit_png
 from PIL import Image
 from serving import request, running_gunicorn
 
-from bench.servers import proc_status, worker_pids
-from models import DeepNetwork, preprocessing_config, save
+from bench.servers import proc_status, settled_rss, worker_pids
 
 MB = 2**20
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("memory") / "model.npz"
-    save(DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(0)), path,
-         {"preprocessing": preprocessing_config(0.1307, 0.3081)})
-    return path
 
 
 def photo(width: int, height: int) -> bytes:
@@ -60,33 +49,22 @@ def v2_images(files: list[bytes]) -> tuple[bytes, dict]:
     return query + payload, {"Inference-Header-Content-Length": str(len(query))}
 
 
-def settled_rss(pid: int) -> int:
-    """VmRSS once it stops moving (the last responses are written by then)."""
-    previous = proc_status(pid)["VmRSS"]
-    for _ in range(50):
-        time.sleep(0.2)
-        current = proc_status(pid)["VmRSS"]
-        if current == previous:
-            return current
-        previous = current
-    return previous
-
-
-def test_an_idle_worker_returns_to_its_start_up_size(model_path, tmp_path):
+def test_an_idle_worker_returns_to_its_start_up_size(shared_tiny_model_path, tmp_path):
     big = photo(3000, 2000)  # 6 MP RGBA: ~50 MB while decoded
     batch, batch_type = multipart("images", [photo(1200, 900)] * 8 + [digit_png()] * 8)
     v2_body, v2_headers = v2_images([photo(1500, 1000)] * 4)
     calls = ([("/predict", big, {"Content-Type": "image/png"})] * 12
              + [("/predict/batch", batch, {"Content-Type": batch_type})] * 2
              + [("/v2/models/digitgrad-image/infer", v2_body, v2_headers)] * 2)
-    with running_gunicorn(model_path, tmp_path / "gunicorn.log", WEB_CONCURRENCY="1",
-                          GUNICORN_THREADS=None) as (base, process):
+    with running_gunicorn(shared_tiny_model_path, tmp_path / "gunicorn.log",
+                          WEB_CONCURRENCY="1", GUNICORN_THREADS=None) as (base, process):
         (worker,) = worker_pids(process.pid)
         start = settled_rss(worker)
         # 8 at once: each lands on its own thread, as behind a client pool
         with ThreadPoolExecutor(8) as pool:
+            # a deadline only for a hung server: on a busy machine 8 photos queue for long
             statuses = list(pool.map(
-                lambda call: request(base + call[0], call[1], call[2])[0], calls))
+                lambda call: request(base + call[0], call[1], call[2], timeout=300)[0], calls))
         assert statuses == [200] * len(calls)
         idle = settled_rss(worker)
         peak = proc_status(worker)["VmHWM"]
@@ -114,12 +92,13 @@ def send_body(base: str, path: str, length: int) -> bytes:
     return answer
 
 
-def test_bodies_held_at_once_are_bounded_per_worker(model_path, tmp_path):
+def test_bodies_held_at_once_are_bounded_per_worker(shared_tiny_model_path, tmp_path):
     """Eight connections each sending a body of the V2 image route's limit (~16 MiB here):
     past MAX_BODY_BYTES_PER_WORKER (~21 MiB) the worker answers 503 instead of holding them."""
     upload = 1 << 20
-    with running_gunicorn(model_path, tmp_path / "gunicorn.log", WEB_CONCURRENCY="1",
-                          GUNICORN_THREADS=None, MAX_UPLOAD_BYTES=str(upload)) as (base, process):
+    with running_gunicorn(shared_tiny_model_path, tmp_path / "gunicorn.log",
+                          WEB_CONCURRENCY="1", GUNICORN_THREADS=None,
+                          MAX_UPLOAD_BYTES=str(upload)) as (base, process):
         (worker,) = worker_pids(process.pid)
         start = settled_rss(worker)
         length = 16 * (upload + 4)  # within the route's limit: refused only for the budget

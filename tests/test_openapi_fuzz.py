@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import schemathesis
 from flask.testing import FlaskClient
@@ -14,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from models import DeepNetwork, preprocessing_config, save
 from server import create_app
 from server.app import load_settings
 from server.openapi import openapi_document
@@ -38,11 +36,10 @@ class BufferedClient(FlaskClient):
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fuzz") / "model.npz"
-    save(DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(0)), path,
-         {"preprocessing": preprocessing_config(0.1307, 0.3081)})
-    app = create_app({"MODEL_PATH": str(path), "TESTING": True})
+def app(shared_tiny_model_path):
+    """One app for the module (a request changes nothing but its metrics): the tiny model,
+    default limits, responses closed once read."""
+    app = create_app({"MODEL_PATH": str(shared_tiny_model_path), "TESTING": True})
     app.test_client_class = BufferedClient
     assert app.test_client().get("/openapi.json").get_json() == SCHEMA.raw_schema
     return app

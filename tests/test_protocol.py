@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import socket
 
-import numpy as np
 import pytest
 from drawing import digit_png
 from serving import running_gunicorn
 
-from models import DeepNetwork, preprocessing_config, save
 from server import create_app
 from server.gunicorn_hooks import PAGES
 
@@ -26,14 +24,11 @@ MARKER = "zq7marker"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(host, port, log path) of a 2-worker gunicorn serving a tiny MLP."""
-    folder = tmp_path_factory.mktemp("protocol")
-    model = folder / "model.npz"
-    save(DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(0)), model,
-         {"preprocessing": preprocessing_config(0.1307, 0.3081)})
-    log = folder / "gunicorn.log"
-    with running_gunicorn(model, log, MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES)) as (base, _):
+def server(shared_tiny_model_path, tmp_path_factory):
+    """(host, port, log path) of a 2-worker gunicorn serving the tiny model."""
+    log = tmp_path_factory.mktemp("protocol") / "gunicorn.log"
+    with running_gunicorn(shared_tiny_model_path, log,
+                          MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES)) as (base, _):
         host, port = base.removeprefix("http://").split(":")
         yield host, int(port), log
 
@@ -110,8 +105,9 @@ BAD_FRAMING = {
 
 
 @pytest.mark.parametrize("framing", sorted(BAD_FRAMING))
-def test_bad_chunked_framing_is_a_400_on_every_post_route(server, tiny_model_path, framing):
-    for route in post_routes(tiny_model_path):
+def test_bad_chunked_framing_is_a_400_on_every_post_route(server, shared_tiny_model_path,
+                                                          framing):
+    for route in post_routes(shared_tiny_model_path):
         content_type = ("application/json" if route.startswith("/v2") else
                         "image/png" if route != "/predict/batch" else
                         "multipart/form-data; boundary=b")
