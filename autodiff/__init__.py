@@ -2,7 +2,7 @@
 
 from autodiff.conv import Conv2d, MaxPool2d
 from autodiff.memory import return_freed_memory, reuse_freed_memory
-from autodiff.node import ComputationGraphNode, Parameter, is_grad_enabled, no_grad
+from autodiff.node import ComputationGraphNode, Parameter, grad, is_grad_enabled, no_grad
 from autodiff.ops import (
     Addition,
     Division,
@@ -56,6 +56,7 @@ __all__ = [
     "Transpose",
     "affine_transform",
     "cross_entropy",
+    "grad",
     "is_grad_enabled",
     "log_softmax",
     "nll",

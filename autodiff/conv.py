@@ -27,6 +27,11 @@ from autodiff.ops import Operation
 #: blocks, or one block per layer, are up to 10% slower per training step at batch 128); also
 #: the largest input that max pooling reduces in two passes (see _window_max)
 BLOCK = 1 << 16
+#: patch numbers per block of a backward pass that needs the input's gradient alone (attributions,
+#: models/explain.py): there are no patches to keep in the cache, so fewer, larger blocks save
+#: Python calls (kh·kw col2im additions per block); measured in docs/benchmarks.md. At most
+#: 4 MiB of float32 per block.
+DX_BLOCK = 1 << 20
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -70,9 +75,10 @@ def _chwn_padded(x: np.ndarray, padding) -> np.ndarray:
     return padded
 
 
-def _blocks(ho: int, row_size: int) -> list[range]:
-    """Output rows in blocks of about BLOCK patch numbers (at least one row each)."""
-    step = max(1, BLOCK // max(row_size, 1))
+def _blocks(ho: int, row_size: int, block: int | None = None) -> list[range]:
+    """Output rows in blocks of about ``block`` (default BLOCK) patch numbers (at least one row
+    each)."""
+    step = max(1, (BLOCK if block is None else block) // max(row_size, 1))
     return [range(r, min(r + step, ho)) for r in range(0, ho, step)]
 
 
@@ -219,7 +225,8 @@ class Conv2d(Operation):
             dpatches = _patches(dxp, (kh, kw), stride, (ho, wo))
         if needs[0] or needs[1]:
             patches = _patches(xp, (kh, kw), stride, (ho, wo))
-            for rows in _blocks(ho, w2.shape[1] * wo * n):
+            block = BLOCK if needs[1] else DX_BLOCK
+            for rows in _blocks(ho, w2.shape[1] * wo * n, block):
                 g_block = g2[:, rows.start * wo * n : rows.stop * wo * n]
                 if needs[1]:
                     np.matmul(im2col(patches, rows), g_block.T, out=part)

@@ -83,39 +83,24 @@ class ComputationGraphNode:
                 "backward() on a node that does not require grad: no input of this graph has "
                 "require_grad=True (or it was built inside no_grad())"
             )
-        if g is None:
-            g = np.ones_like(self.value)
-        else:
-            g = np.asarray(g, dtype=self.value.dtype)
-            if g.shape != self.value.shape:
-                raise ValueError(
-                    f"backward(): gradient shape {g.shape} does not match node shape "
-                    f"{self.value.shape}"
-                )
         order = self._topological_order()
-        grads = {self: g}
-        for node in reversed(order):
-            g = grads.pop(node)
+        for node, node_grad in _propagate(order, self._seed(g), None):
             if node.func is None:
-                node.grad = g if node.grad is None else node.grad + g
-                continue
-            node.grad = g  # intermediate nodes keep the gradient of this pass (the lab's did too)
-            inputs = node.input_nodes
-            needs = [inp.require_grad for inp in inputs]
-            input_grads = node.func.backward(node.saved, g, needs)
-            for inp, need, ig in zip(inputs, needs, input_grads):
-                if not need:
-                    continue
-                if ig.shape != inp.value.shape:
-                    raise ValueError(
-                        f"{type(node.func).__name__}.backward returned a gradient of shape "
-                        f"{ig.shape} for an input of shape {inp.value.shape}"
-                    )
-                if ig.dtype != inp.value.dtype:
-                    ig = ig.astype(inp.value.dtype)
-                previous = grads.get(inp)
-                # never add in place: `ig` may be shared with another input (x + x)
-                grads[inp] = ig if previous is None else previous + ig
+                node.grad = node_grad if node.grad is None else node.grad + node_grad
+            else:
+                node.grad = node_grad  # intermediate nodes keep this pass's (the lab's did too)
+
+    def _seed(self, g) -> np.ndarray:
+        """The output gradient that starts a backward pass: ``g`` checked, or ones."""
+        if g is None:
+            return np.ones_like(self.value)
+        g = np.asarray(g, dtype=self.value.dtype)
+        if g.shape != self.value.shape:
+            raise ValueError(
+                f"backward(): gradient shape {g.shape} does not match node shape "
+                f"{self.value.shape}"
+            )
+        return g
 
     def _topological_order(self) -> list[ComputationGraphNode]:
         """Nodes that require grad and lead to self, each once, inputs before outputs."""
@@ -213,6 +198,66 @@ class ComputationGraphNode:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return _ops.Reshape()(self, shape)
+
+
+def _propagate(order, g, wanted):
+    """Walk ``order`` (inputs before outputs, the output last) in reverse from the output's
+    gradient ``g``, yielding each node with its complete gradient. Gradients go only to inputs
+    that require grad and, unless ``wanted`` is None, are in ``wanted``."""
+    grads = {order[-1]: g}
+    for node in reversed(order):
+        g = grads.pop(node)
+        yield node, g
+        if node.func is None:
+            continue
+        inputs = node.input_nodes
+        needs = [inp.require_grad and (wanted is None or inp in wanted) for inp in inputs]
+        input_grads = node.func.backward(node.saved, g, needs)
+        for inp, need, ig in zip(inputs, needs, input_grads):
+            if not need:
+                continue
+            if ig.shape != inp.value.shape:
+                raise ValueError(
+                    f"{type(node.func).__name__}.backward returned a gradient of shape "
+                    f"{ig.shape} for an input of shape {inp.value.shape}"
+                )
+            if ig.dtype != inp.value.dtype:
+                ig = ig.astype(inp.value.dtype)
+            previous = grads.get(inp)
+            # never add in place: `ig` may be shared with another input (x + x)
+            grads[inp] = ig if previous is None else previous + ig
+
+
+def grad(output: ComputationGraphNode, inputs, g=None) -> list[np.ndarray]:
+    """Gradients of ``output`` (seeded with ``g``, ones if omitted) with respect to ``inputs``.
+
+    As ``torch.autograd.grad``: only what leads to ``inputs`` is computed (a network's weight
+    gradients are skipped when the inputs are its images), and nothing is written to any
+    ``.grad``, so a model shared between threads is only read.
+    """
+    inputs = list(inputs)
+    for i, node in enumerate(inputs):
+        if not (isinstance(node, ComputationGraphNode) and node.require_grad):
+            raise ValueError(f"grad(): inputs[{i}] is not a node with require_grad=True")
+    if not output.require_grad:
+        raise RuntimeError("grad(): the output does not require grad (built inside no_grad()?)")
+    order = output._topological_order()
+    # the nodes from which an input can be reached, in order: the only ones backward visits
+    targets = set(inputs)
+    reaches = set(targets)
+    for node in order:
+        if node not in reaches and any(inp in reaches for inp in node.input_nodes):
+            reaches.add(node)
+    found = {}
+    if output in reaches:
+        order = [node for node in order if node in reaches]
+        for node, node_grad in _propagate(order, output._seed(g), reaches):
+            if node in targets:  # keep no other gradient: intermediate ones are freed as we go
+                found[node] = node_grad
+    for i, node in enumerate(inputs):
+        if node not in found:
+            raise ValueError(f"grad(): inputs[{i}] is not used to compute the output")
+    return [found[node] for node in inputs]
 
 
 class Parameter(ComputationGraphNode):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from server import imaging, requestlog
@@ -50,14 +51,25 @@ def _digit_json(prediction: Prediction) -> dict:
     return body
 
 
+#: Decimal places of the attributions in JSON: logit units, so 1e-4 is far below any evidence
+#: shown, and the map's sum moves by 784 x 5e-5 = 0.04 at most (docs/serving.md#explanations).
+ATTRIBUTION_DECIMALS = 4
+
+
 def _prediction_json(prediction: Prediction) -> dict:
-    """One image's prediction, as /predict and each file of /predict/batch answer it."""
-    return {**_digit_json(prediction), "probabilities": prediction.probabilities.tolist(),
+    """One image's prediction, as /predict and each file of /predict/batch answer it, with
+    its attributions (28 lists of 28 numbers) when they were asked for."""
+    body = {**_digit_json(prediction), "probabilities": prediction.probabilities.tolist(),
             "model": prediction.model_id}
+    if prediction.attributions is not None:
+        rounded = np.round(prediction.attributions.astype(np.float64), ATTRIBUTION_DECIMALS)
+        body["attributions"] = (rounded + 0.0).tolist()  # + 0.0: no "-0.0" in the JSON
+    return body
 
 
-def _debug_requested() -> bool:
-    return request.args.get("debug", "").lower() in TRUE_FLAGS
+def _requested(flag: str) -> bool:
+    """A query flag such as ?debug=1 or ?explain=true."""
+    return request.args.get(flag, "").lower() in TRUE_FLAGS
 
 
 def _debug_image(image) -> str:
@@ -93,14 +105,15 @@ def _ready_upload(serving: Serving) -> tuple[LoadedModel, bytes]:
 
 @bp.post("/predict")
 def predict():
-    """Predict the digit in one image; ?debug=1 adds the 28x28 image the model saw."""
+    """Predict the digit in one image; ?debug=1 adds the 28x28 image the model saw, ?explain=1
+    the attributions over it."""
     serving = get_serving()
     model, data = _ready_upload(serving)
-    prediction = serving.inference.predict_file(model, data)
+    prediction = serving.inference.predict_file(model, data, explain=_requested("explain"))
     requestlog.record_predictions([prediction])
     with serving.metrics.stage("encode"):
         body = _prediction_json(prediction)
-        if _debug_requested():
+        if _requested("debug"):
             body["debug_image"] = _debug_image(prediction.image)
         return jsonify(body)
 
@@ -113,7 +126,7 @@ def predict_number():
     digits = serving.inference.predict_number(model, data)
     requestlog.record_predictions(prediction for prediction, _box in digits)
     with serving.metrics.stage("encode"):
-        debug = _debug_requested()
+        debug = _requested("debug")
         entries = []
         for prediction, box in digits:
             entry = {**_digit_json(prediction), "box": list(box)}
@@ -126,7 +139,8 @@ def predict_number():
 
 @bp.post("/predict/batch")
 def predict_batch():
-    """Predict every file of the multipart field "images", in order, in one forward pass."""
+    """Predict every file of the multipart field "images", in order, in one forward pass;
+    ?explain=1 adds each one's attributions."""
     serving = get_serving()
     model = ready_model()
     max_files = current_app.config["MAX_BATCH_FILES"]
@@ -146,7 +160,8 @@ def predict_batch():
     # Each file read as the service reaches it: one file's bytes held at a time.
     results = serving.inference.predict_files(
         model, (upload.read() for upload in uploads),
-        refused=lambda _index, error: serving.metrics.observe_rejection(error.code))
+        refused=lambda _index, error: serving.metrics.observe_rejection(error.code),
+        explain=_requested("explain"))
     requestlog.record_predictions(results)
     with serving.metrics.stage("encode"):
         entries = [error_body(r.code, str(r)) if isinstance(r, imaging.ImageError)

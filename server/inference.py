@@ -50,6 +50,8 @@ class Prediction:
     digit: int
     label: str | None  #: the class name, when the model file names its classes
     model_id: str
+    #: float32 (28, 28) over ``image``: integrated gradients of ``digit``, when asked for
+    attributions: np.ndarray | None = None
 
     @property
     def confidence(self) -> float:
@@ -61,7 +63,9 @@ class Inference:
     """Reads image files to 28x28 within the app's limits, runs the model, makes Predictions,
     and counts the predicted digits. Each method is one request's work: it holds one of the
     worker's compute slots (``server.state.COMPUTE_SLOTS``) from the first image read to the
-    last prediction, and times the "preprocess" and "inference" stages.
+    last prediction, and times the "preprocess", "inference" and "explain" stages. Methods
+    taking ``explain=True`` add each image's attributions (``LoadedModel.explain``) in the same
+    slot; without it the model runs forward only.
 
     The work itself is three attributes, set at construction: ``transform`` (file -> 28x28,
     ``imaging.to_mnist``), ``transform_number`` (file -> one 28x28 and box per digit,
@@ -84,16 +88,17 @@ class Inference:
         self.forward = forward
         self._slots = threading.BoundedSemaphore(compute_slots)
 
-    def predict_file(self, model: LoadedModel, data: bytes) -> Prediction:
+    def predict_file(self, model: LoadedModel, data: bytes, *,
+                     explain: bool = False) -> Prediction:
         """One image file's digit (/predict)."""
         with self._slots:
             with self.metrics.stage("preprocess"):
                 image = self._read(data)
-            return self._predict(model, image[None])[0]
+            return self._predict(model, image[None], explain)[0]
 
     def predict_files(self, model: LoadedModel, files: Iterable[bytes], *,
                       refused: Callable[[int, imaging.ImageError], None] | None = None,
-                      ) -> list[Prediction | imaging.ImageError]:
+                      explain: bool = False) -> list[Prediction | imaging.ImageError]:
         """Each file's digit, in order, in one forward pass; a file that cannot be read is
         its ImageError in the list. ``refused(index, error)`` is called first, and may raise
         to stop the request there (V2 answers only the first refused image)."""
@@ -108,7 +113,7 @@ class Inference:
                             refused(index, exc)
                         read.append(exc)
             images = [item for item in read if isinstance(item, np.ndarray)]
-            predictions = iter(self._predict(model, np.stack(images)) if images else ())
+            predictions = iter(self._predict(model, np.stack(images), explain) if images else ())
         return [item if isinstance(item, imaging.ImageError) else next(predictions)
                 for item in read]
 
@@ -122,10 +127,11 @@ class Inference:
             predictions = self._predict(model, np.stack([image for image, _box in digits]))
         return [(prediction, box) for prediction, (_image, box) in zip(predictions, digits)]
 
-    def predict_pixels(self, model: LoadedModel, images: np.ndarray) -> list[Prediction]:
+    def predict_pixels(self, model: LoadedModel, images: np.ndarray, *,
+                       explain: bool = False) -> list[Prediction]:
         """The digits of images already 28x28 in [0, 1], ink bright on black (V2's pixels)."""
         with self._slots:
-            return self._predict(model, images)
+            return self._predict(model, images, explain)
 
     def _checked(self, data: bytes) -> bytes:
         """``data``, refused if empty or larger than one upload may be (a batch's files)."""
@@ -140,12 +146,18 @@ class Inference:
         """One image file -> the 28x28 model input."""
         return self.transform(self._checked(data), max_pixels=self.max_pixels)
 
-    def _predict(self, model: LoadedModel, images: np.ndarray) -> list[Prediction]:
-        """The model on images (N, 28, 28): one Prediction each, its digit counted."""
+    def _predict(self, model: LoadedModel, images: np.ndarray,
+                 explain: bool = False) -> list[Prediction]:
+        """The model on images (N, 28, 28): one Prediction each, its digit counted, and with
+        ``explain`` its attributions (one image at a time: memory of one explanation's batch)."""
         with self.metrics.stage("inference"):
             probabilities = self.forward(model, images)
         model_id, predictions = model.model_id, []
         for image, p, digit in zip(images, probabilities, probabilities.argmax(axis=1).tolist()):
             self.metrics.observe_prediction(digit)
             predictions.append(Prediction(image, p, digit, model.label(digit), model_id))
+        if explain:
+            with self.metrics.stage("explain"):
+                for prediction in predictions:
+                    prediction.attributions = model.explain(prediction.image, prediction.digit)
         return predictions

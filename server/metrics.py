@@ -32,7 +32,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # A stage can take 50 us (a small MLP's forward pass) or a second (a batch of photos).
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS)
 #: The stages of a prediction, as TorchServe and Triton report them.
-STAGES = ("decode", "preprocess", "inference", "encode")
+STAGES = ("decode", "preprocess", "inference", "explain", "encode")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -76,7 +76,8 @@ class Metrics:
         self.stages = Histogram(
             "digitgrad_stage_duration_seconds",
             "Time in each stage of a prediction (decode: request body to inputs; preprocess: "
-            "inputs to 28x28 images; inference: the model; encode: the response body), by route.",
+            "inputs to 28x28 images; inference: the model; explain: attributions, when asked "
+            "for; encode: the response body), by route.",
             ["route", "stage"], buckets=STAGE_BUCKETS, registry=self.registry,
         )
         self._children: dict[tuple, object] = {}

@@ -7,7 +7,9 @@ Two models, both backed by the loaded model file, whose id is their one version:
 * ``digitgrad-image``: input ``image`` BYTES [-1], each element one encoded image file that goes
   through /predict's pipeline and limits.
 
-Both answer ``probabilities`` FP32 [-1, 10] and ``digit`` INT64 [-1]. Tensor data may be JSON or
+Both answer ``probabilities`` FP32 [-1, 10] and ``digit`` INT64 [-1], and, only when the request
+names it in ``outputs``, ``attributions`` FP32 [-1, 28, 28] (integrated gradients of each digit
+over its 28x28 image, as /predict?explain=1 gives them). Tensor data may be JSON or
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
 Every count and size is checked before any image is decoded or any product computed.
 """
@@ -67,11 +69,15 @@ IMAGE = TensorSpec("image", "BYTES", (-1,), None)
 OUTPUTS = {
     "probabilities": TensorSpec("probabilities", "FP32", (-1, 10), "<f4"),
     "digit": TensorSpec("digit", "INT64", (-1,), "<i8"),
+    "attributions": TensorSpec("attributions", "FP32", (-1, SIDE, SIDE), "<f4"),
 }
+#: The outputs of a request that names none: an explanation costs more than the prediction
+#: (docs/serving.md#explanations), so it is computed only when asked for.
+DEFAULT_OUTPUTS = ("probabilities", "digit")
 #: Model name -> its input; the outputs are the same for both.
 MODELS = {"digitgrad": PIXELS, "digitgrad-image": IMAGE}
 MODEL_NAMES = " and ".join(f'"{name}"' for name in MODELS)
-OUTPUT_NAMES = " and ".join(f'"{name}"' for name in OUTPUTS)
+OUTPUT_NAMES = ", ".join(f'"{name}"' for name in OUTPUTS)
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -202,16 +208,20 @@ def infer(name: str, version: str | None = None):
         query, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
+    explain = any(name == "attributions" for name, _binary in outputs)
     if spec is PIXELS:
         with serving.metrics.stage("preprocess"):
             pixels = _pixels(data)
-        predictions = serving.inference.predict_pixels(model, pixels)
+        predictions = serving.inference.predict_pixels(model, pixels, explain=explain)
     else:
-        predictions = serving.inference.predict_files(model, data, refused=_refuse_image)
+        predictions = serving.inference.predict_files(model, data, refused=_refuse_image,
+                                                      explain=explain)
     requestlog.record_predictions(predictions)
     with serving.metrics.stage("encode"):
         tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
                    "digit": [p.digit for p in predictions]}
+        if explain:
+            tensors["attributions"] = np.stack([p.attributions for p in predictions])
         return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
 
 
@@ -333,14 +343,14 @@ def _check_element_sizes(lengths, max_bytes: int) -> None:
 
 
 def _requested_outputs(query: dict) -> list[tuple[str, bool]]:
-    """(output name, as binary?) in the order asked; every output when none is named."""
+    """(output name, as binary?) in the order asked; DEFAULT_OUTPUTS when none is named."""
     parameters = query.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise V2Error(400, 'The request "parameters" must be an object.')
     default_binary = parameters.get("binary_data_output") is True
     asked = query.get("outputs")
     if asked is None:
-        return [(name, default_binary) for name in OUTPUTS]
+        return [(name, default_binary) for name in DEFAULT_OUTPUTS]
     if not isinstance(asked, list) or not asked:
         raise V2Error(400, f'"outputs" must list some of {OUTPUT_NAMES}, or be left out.')
     wanted = []

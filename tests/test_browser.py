@@ -165,6 +165,52 @@ def test_draw_a_one_with_a_finger(browser, base_url):
         context.close()
 
 
+def evidence_colours(page) -> dict:
+    """How many of the evidence canvas' 28x28 pixels are coloured, and how many red (for the
+    answer) and blue (against it)."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('evidence');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const n = {coloured: 0, red: 0, blue: 0};
+        for (let i = 0; i < d.length; i += 4) {
+            if (d[i + 3] === 0) continue;
+            n.coloured++;
+            if (d[i] > d[i + 2]) n.red++; else n.blue++;
+        }
+        return n;
+    }""")
+
+
+def test_the_evidence_map_overlays_what_the_model_saw(page):
+    """?explain=1: the 28x28 map drawn over the image the model saw, red ink for the answer
+    and blue against it, with its legend; it can be hidden, and Clear removes it."""
+    draw(page, [
+        [(0.25, 0.2), (0.5, 0.2), (0.75, 0.2)],
+        [(0.75, 0.2), (0.62, 0.45), (0.5, 0.65), (0.42, 0.85)],
+    ])
+    expect_prediction(page, 7)
+    expect = sync_api.expect
+    expect(page.locator("#evidence")).to_be_visible()
+    legend = page.locator("#evidence-legend")
+    expect(legend).to_be_visible()
+    expect(legend).to_contain_text("say 7")
+    expect(legend.locator(".scale")).to_be_visible()
+    colours = evidence_colours(page)
+    assert colours["red"] > 10 and colours["coloured"] < 28 * 28 / 2, colours  # on the ink only
+    seen, evidence = (page.locator(s).bounding_box() for s in ("#seen", "#evidence"))
+    assert seen == evidence  # exactly over the image
+
+    page.get_by_label("Show the evidence").uncheck()
+    expect(page.locator("#evidence")).to_be_hidden()
+    expect(page.locator("#seen")).to_be_visible()
+    page.get_by_label("Show the evidence").check()
+    expect(page.locator("#evidence")).to_be_visible()
+
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#evidence")).to_be_hidden()
+    expect(legend).to_be_hidden()
+
+
 def test_upload_a_file_then_clear(page):
     page.locator("#file").set_input_files(
         {"name": "three.png", "mimeType": "image/png", "buffer": rendered_digit_png(3)})

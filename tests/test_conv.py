@@ -89,6 +89,20 @@ def test_conv2d_in_blocks_of_rows_gives_the_same_gradients(monkeypatch):
               [x, W, b], name="Conv2d in blocks")
 
 
+@pytest.mark.parametrize("block", [1, 1 << 20])
+def test_conv2d_input_gradient_alone_in_blocks_of_rows(monkeypatch, block):
+    """The input's gradient without the weights' (an attribution's backward pass) takes larger
+    blocks (DX_BLOCK); in one row per block or one block, it equals the full backward's."""
+    monkeypatch.setattr(autodiff.conv, "DX_BLOCK", block)
+    x = rng.standard_normal((3, 2, 9, 8))
+    W, b = rng.standard_normal((4, 2, 5, 5)), rng.standard_normal(4)  # noqa: N806
+    out, saved = Conv2d.forward(x, W, b, 1, 2)
+    g = rng.standard_normal(out.shape)
+    (dx, dw, db) = Conv2d.backward(saved, g, [True, False, False])
+    assert dw is None and db is None
+    np.testing.assert_allclose(dx, Conv2d.backward(saved, g, [True, True, True])[0], rtol=1e-12)
+
+
 def test_stacked_layers_keep_nchw_shapes_over_any_memory_order():
     # a Conv2d output is an NCHW view of batch-innermost memory; the next ops must not care
     x = rng.standard_normal((3, 2, 9, 8))

@@ -7,7 +7,16 @@ import threading
 import numpy as np
 import pytest
 
-from autodiff import ComputationGraphNode, Operation, Parameter, TanH, is_grad_enabled, no_grad
+from autodiff import (
+    ComputationGraphNode,
+    Operation,
+    Parameter,
+    TanH,
+    affine_transform,
+    grad,
+    is_grad_enabled,
+    no_grad,
+)
 from autodiff import ops as ops_module
 from models import DeepNetwork
 
@@ -257,3 +266,75 @@ def test_properties_and_repr():
     assert x.T.shape == (3, 2)
     assert "Parameter(name='w'" in repr(Parameter(np.zeros(2), name="w"))
     assert str(ComputationGraphNode(np.array([1.5]))) == "[1.5]"
+
+
+# -- grad(): gradients towards chosen inputs only ------------------------------------------------
+class NeedsSpy(Operation):
+    """y = x @ W as affine_transform without the bias; records each backward's ``needs``."""
+
+    arity = 2
+    seen: list = []
+
+    @staticmethod
+    def forward(x, W):  # noqa: N803
+        return x @ W, (x, W)
+
+    @staticmethod
+    def backward(saved, g, needs):
+        NeedsSpy.seen.append(list(needs))
+        x, W = saved  # noqa: N806
+        return (g @ W.T if needs[0] else None, x.T @ g if needs[1] else None)
+
+
+def test_grad_matches_backward_on_a_reused_node():
+    x = leaf([1.0, 2.0, -3.0])
+    (dx,) = grad((x + x) * x, [x])
+    np.testing.assert_allclose(dx, 4 * x.value)
+    assert x.grad is None  # nothing written: grad() returns, backward() accumulates
+
+
+def test_grad_computes_no_weight_gradient_and_writes_no_grad():
+    """The explainer's use: gradients towards the images through a network's Parameters, whose
+    gradients are neither computed (no dW products) nor stored (the model is shared)."""
+    rng = np.random.default_rng(0)
+    W = Parameter(rng.standard_normal((4, 3)))  # noqa: N806
+    x = leaf(rng.standard_normal((2, 4)))
+    NeedsSpy.seen = []
+    y = TanH()(NeedsSpy()(x, W))
+    seed = rng.standard_normal(y.shape)
+    (dx,) = grad(y, [x], seed)
+    assert NeedsSpy.seen == [[True, False]]
+    assert W.grad is None and x.grad is None and y.grad is None
+    y.backward(seed)  # the reference: backward() computes everything
+    np.testing.assert_allclose(dx, x.grad)
+
+
+def test_grad_of_several_inputs_including_an_intermediate_node():
+    a, b = leaf([2.0]), leaf([3.0])
+    h = a * b
+    y = h * h + a
+    da, dh = grad(y, [a, h])
+    np.testing.assert_allclose(da, [2 * 6.0 * 3.0 + 1.0])  # dy/da = 2h·b + 1
+    np.testing.assert_allclose(dh, [12.0])
+
+
+def test_grad_refuses_inputs_it_cannot_differentiate():
+    x, unused = leaf([1.0]), leaf([2.0])
+    y = x * 2.0
+    with pytest.raises(ValueError, match=r"inputs\[1\] is not used"):
+        grad(y, [x, unused])
+    with pytest.raises(ValueError, match=r"inputs\[0\] is not a node with require_grad"):
+        grad(y, [ComputationGraphNode(np.ones(1))])
+    with no_grad():
+        z = x * 2.0
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        grad(z, [x])
+
+
+def test_grad_through_a_layer_with_parameters_gives_the_input_gradient():
+    rng = np.random.default_rng(1)
+    W, b = Parameter(rng.standard_normal((3, 2))), Parameter(np.zeros((1, 2)))  # noqa: N806
+    x = leaf(rng.standard_normal((5, 3)))
+    (dx,) = grad(affine_transform()(W, b, x), [x])
+    np.testing.assert_allclose(dx, np.ones((5, 2)) @ W.value.T)
+    assert W.grad is None and b.grad is None

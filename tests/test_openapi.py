@@ -91,8 +91,12 @@ def required_fields_present(schema: dict, value: dict) -> None:
 def test_real_answers_fit_the_schemas(app, doc):
     schemas = doc["components"]["schemas"]
     client = app.test_client()
-    prediction = client.post("/predict?debug=1", data=digit_png(), content_type="image/png")
-    required_fields_present(schemas["Prediction"], prediction.get_json())
+    prediction = client.post("/predict?debug=1&explain=1", data=digit_png(),
+                             content_type="image/png").get_json()
+    required_fields_present(schemas["Prediction"], prediction)
+    shape = schemas["Prediction"]["properties"]["attributions"]
+    assert len(prediction["attributions"]) == shape["minItems"] == shape["maxItems"]
+    assert {len(row) for row in prediction["attributions"]} == {shape["items"]["minItems"]}
     number = client.post("/predict/number?debug=1", data=digit_png(),
                          content_type="image/png").get_json()
     required_fields_present(schemas["NumberPrediction"], number)

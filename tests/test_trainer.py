@@ -500,8 +500,10 @@ def test_plots(tmp_path, synth_dir, capsys):
         assert run(tmp_path, synth_dir, "--epochs", "1", "--plots") == 2
         assert "pip install 'digitgrad[plots]'" in capsys.readouterr().err
         return
-    assert run(tmp_path, synth_dir, "--epochs", "1", "--plots", "--quiet") == 0
-    for name in ("model.curves.png", "model.confusion.png"):
+    # 40 training images: mistakes enough for the gallery
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--train-size", "40", "--plots",
+               "--quiet") == 0
+    for name in ("model.curves.png", "model.confusion.png", "model.mistakes.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -107,7 +107,8 @@ def test_model_metadata_lists_the_real_tensors_and_the_model_id(client, model, n
             "name": name, "versions": [model.model_id], "platform": "digitgrad",
             "inputs": [tensor],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                        {"name": "digit", "datatype": "INT64", "shape": [-1]}],
+                        {"name": "digit", "datatype": "INT64", "shape": [-1]},
+                        {"name": "attributions", "datatype": "FP32", "shape": [-1, 28, 28]}],
         }
         ready = client.get(path + "/ready")
         assert ready.status_code == 200 and ready.get_json() == {"name": name, "ready": True}

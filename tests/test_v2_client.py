@@ -87,7 +87,7 @@ def test_health_and_metadata(triton, server):
         inputs = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
         assert inputs == [tensor]
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
-            ("probabilities", "FP32"), ("digit", "INT64")]
+            ("probabilities", "FP32"), ("digit", "INT64"), ("attributions", "FP32")]
     assert not triton.is_model_ready("mnist")
     assert not triton.is_model_ready("digitgrad", "0123456789ab")
     assert refused(lambda: triton.get_model_metadata("mnist"))[0] == "404"
@@ -120,6 +120,22 @@ def test_output_subset_and_default_binary_outputs(triton, server):
     assert all("binary_data_size" in o["parameters"] for o in every.get_response()["outputs"])
     np.testing.assert_allclose(every.as_numpy("probabilities"), model.predict(images), atol=1e-6)
     assert "id" not in every.get_response()
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_attributions_only_when_asked_for(triton, server, binary):
+    """The optional output: FP32 [N, 28, 28], each image's explanation of its digit, as the
+    loaded model computes it; a request naming no outputs does not pay for it."""
+    _, model = server
+    images = strokes(2)
+    result = triton.infer("digitgrad", [pixels_input(images, binary)],
+                          outputs=outputs("digit", "attributions", binary=binary))
+    maps = result.as_numpy("attributions")
+    assert maps.shape == (2, 28, 28) and maps.dtype == np.float32
+    for image, digit, got in zip(images, result.as_numpy("digit"), maps):
+        np.testing.assert_allclose(got, model.explain(image, int(digit)), rtol=1e-5, atol=1e-7)
+    default = triton.infer("digitgrad", [pixels_input(images, binary)])
+    assert default.as_numpy("attributions") is None
 
 
 def test_image_files_match_predict(triton, server):

@@ -7,12 +7,14 @@ import io
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from models import atomic_write
+from trainer.mistakes import Mistake
 
 #: Columns of the metrics log, one row per epoch.
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -123,16 +125,28 @@ def format_test_report(accuracy: float, per_class: list[float], confusion: np.nd
     return "\n".join(lines)
 
 
-def write_plots(stem: Path, history: list[dict], confusion: np.ndarray) -> list[Path] | None:
-    """Learning curves and the confusion matrix as PNGs; None when matplotlib is not installed."""
+def write_plots(stem: Path, history: list[dict], confusion: np.ndarray,
+                mistakes: Sequence[Mistake] = ()) -> list[Path] | None:
+    """Learning curves, the confusion matrix and the gallery of ``mistakes`` as PNGs beside
+    ``stem``; None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # no display in Docker or CI
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
+    written = [_learning_curves(plt, stem, history), _confusion_heatmap(plt, stem, confusion)]
+    if mistakes:
+        written.append(_mistakes_gallery(plt, stem, mistakes))
+    plt.close("all")
+    return written
+
+
+def _learning_curves(plt, stem: Path, history: list[dict]) -> Path:
+    """Loss and accuracy per epoch, training against validation."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
@@ -142,29 +156,68 @@ def write_plots(stem: Path, history: list[dict], confusion: np.ndarray) -> list[
     ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    curves = stem.with_name(stem.name + ".curves.png")
-    _save_figure(fig, curves)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    image = ax.imshow(confusion, cmap="Blues")
-    fig.colorbar(image)
+    return _save_figure(fig, stem.with_name(stem.name + ".curves.png"))
+
+
+def _confusion_heatmap(plt, stem: Path, confusion: np.ndarray) -> Path:
+    """Counts on a logarithmic colour scale: a linear one spends it all on the diagonal's
+    ~1000s and leaves the mistakes (1 to 10 each) white. Empty cells stay blank."""
+    from matplotlib.colors import LogNorm
+
+    classes = len(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    shown = np.ma.masked_equal(confusion, 0)
+    image = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=1, vmax=max(confusion.max(), 2)))
+    fig.colorbar(image, label="test images (log scale)")
     ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix",
-           xticks=range(10), yticks=range(10))
+           xticks=range(classes), yticks=range(classes))
     for (r, c), v in np.ndenumerate(confusion):
-        ax.text(c, r, str(v), ha="center", va="center", fontsize=7,
-                color="white" if v > confusion.max() / 2 else "black")
+        if v:
+            bright = np.log(v) > np.log(max(confusion.max(), 2)) / 2
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=7,
+                    color="black" if bright else "white")
     fig.tight_layout()
-    matrix = stem.with_name(stem.name + ".confusion.png")
-    _save_figure(fig, matrix)
-    plt.close("all")
-    return [curves, matrix]
+    return _save_figure(fig, stem.with_name(stem.name + ".confusion.png"))
 
 
-def _save_figure(fig, path: Path) -> None:
+def _mistakes_gallery(plt, stem: Path, mistakes: Sequence[Mistake]) -> Path:
+    """Each mistake three times: the image, the evidence for the wrong answer and the evidence
+    for the true digit (integrated gradients; red for, blue against, one scale per mistake)."""
+    columns = 2  # mistakes per row, three panels each
+    rows = -(-len(mistakes) // columns)
+    height = 1.75 * rows + 1.1  # inches: the panels, the title and the legend below
+    fig, axes = plt.subplots(rows, 3 * columns, figsize=(9.5, height), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for k, m in enumerate(mistakes):
+        image_ax, said_ax, true_ax = axes[k // columns, 3 * (k % columns):3 * (k % columns) + 3]
+        image_ax.imshow(m.image, cmap="gray", vmin=0, vmax=1)
+        image_ax.set_title(f"#{m.index}: a {m.label}", fontsize=8)
+        scale = max(float(np.abs(m.evidence).max()), float(np.abs(m.evidence_for_label).max()),
+                    1e-12)
+        for ax, evidence, digit in ((said_ax, m.evidence, m.predicted),
+                                    (true_ax, m.evidence_for_label, m.label)):
+            heat = ax.imshow(evidence, cmap="RdBu_r", vmin=-scale, vmax=scale)
+            ax.contour(m.image, levels=[0.5], colors="0.4", linewidths=0.4)
+            ax.set_title(f"for {digit}" + (f" ({100 * m.confidence:.0f}%)"
+                                           if digit == m.predicted else ""), fontsize=8)
+    fig.suptitle("most confident mistakes on the test set: the image, why the model said it, "
+                 "what it saw of the true digit", fontsize=9)
+    fig.tight_layout(rect=(0, 0.8 / height, 1, 1 - 0.3 / height))
+    legend = fig.add_axes((0.3, 0.45 / height, 0.4, 0.12 / height))
+    bar = fig.colorbar(heat, cax=legend, orientation="horizontal", ticks=[-scale, 0, scale])
+    bar.ax.set_xticklabels(["against", "0", "for"], fontsize=8)
+    bar.set_label("integrated gradients (each mistake on its own scale)", fontsize=8)
+    return _save_figure(fig, stem.with_name(stem.name + ".mistakes.png"))
+
+
+def _save_figure(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     data = buffer.getvalue()
     atomic_write(path, lambda f: f.write(data))
+    return path

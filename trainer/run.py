@@ -15,6 +15,7 @@ from trainer.data import DATASETS, MNIST, Split, load_mnist
 from trainer.factory import build_model, build_optimizer
 from trainer.flags import flag_ones
 from trainer.loop import Session, StopFlag, TrainingInterruptedError, evaluate, fit, prepare
+from trainer.mistakes import confident_mistakes
 from trainer.report import (
     Progress,
     confusion_matrix,
@@ -190,8 +191,10 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
                               "history": state.history, "model": str(paths.out)})
     written = [paths.out, paths.metrics, paths.report]
     if job.plots:
-        written += write_plots(paths.out.with_name(paths.out.stem), state.history,
-                               confusion) or []
+        mistakes = confident_mistakes(model, data.test.images, data.test.labels, predictions,
+                                      preprocessing)
+        written += write_plots(paths.out.with_name(paths.out.stem), state.history, confusion,
+                               mistakes) or []
     progress.message(format_test_report(test_accuracy, per_class, confusion))
     progress.message(
         f"best validation accuracy {100 * state.best_val_accuracy:.2f}% at epoch "

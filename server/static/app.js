@@ -62,6 +62,7 @@
     }
     seenEl.hidden = true;
     seenEl.removeAttribute("src");
+    window.digitgradEvidence.hide();
     numberDigitsEl.replaceChildren();
     numberDigitsEl.hidden = true;
     barsEl.hidden = mode === "number";
@@ -149,7 +150,8 @@
     let response;
     let body;
     try {
-      const url = mode === "number" ? "/predict/number?debug=1" : "/predict?debug=1";
+      // one digit comes with its evidence map (evidence.js)
+      const url = mode === "number" ? "/predict/number?debug=1" : "/predict?debug=1&explain=1";
       response = await fetch(url, {
         method: "POST", body: form, signal: controller.signal,
       });
@@ -210,6 +212,7 @@
     if (body.debug_image) {
       seenEl.src = `data:image/png;base64,${body.debug_image}`;
       seenEl.hidden = false;
+      window.digitgradEvidence.show(body);
     }
     setStatus(`The model says ${body.digit} (${(100 * body.confidence).toFixed(1)}%).`, false);
   }
