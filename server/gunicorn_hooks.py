@@ -15,7 +15,9 @@ Imported by gunicorn.conf.py only; the app never needs gunicorn.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from http import HTTPStatus
 
 #: Status -> the envelope's code and message, for the answers gunicorn gives itself.
 PAGES = {
@@ -38,6 +40,8 @@ def json_error_page(sock, status: int, reason: str, message: str) -> None:
 
     code, text = PAGES.get(status, PAGES[400] if status < 500 else PAGES[500])
     body = json.dumps({"error": {"code": code, "message": text}}).encode()
+    with contextlib.suppress(ValueError):  # gunicorn says "Bad Request" for its 501
+        reason = HTTPStatus(status).phrase
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "X-Content-Type-Options: nosniff\r\n\r\n")

@@ -129,14 +129,18 @@ GUNICORN_ERRORS = {
         f"X-{MARKER}-{i}: 1\r\n" for i in range(120)) + "\r\n").encode()),
     "expect": (417, f"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: {MARKER}\r\n"
                     "Content-Length: 3\r\n\r\nabc".encode()),
+    "transfer_coding": (501, f"POST /{MARKER} HTTP/1.1\r\nHost: x\r\n"
+                             "Transfer-Encoding: br, chunked\r\n\r\n0\r\n\r\n".encode()),
 }
 
 
 @pytest.mark.parametrize("case", sorted(GUNICORN_ERRORS))
 def test_gunicorns_own_answers_are_json_and_quote_nothing(server, case):
     status, raw = GUNICORN_ERRORS[case]
-    error = assert_envelope(only_response(exchange(server, raw)), status)
+    answer = only_response(exchange(server, raw))
+    error = assert_envelope(answer, status)
     assert (error["code"], error["message"]) == PAGES[status]
+    assert answer[1]["connection"] == "close"
 
 
 def expect_continue(server, content_length: int, body: bytes) -> tuple[bytes, bytes]:
