@@ -65,7 +65,12 @@ workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
 # client takes to send it, and an idle one costs a stack, not CPU; the work is one upload or
 # forward pass at a time per worker (COMPUTE_SLOTS, server/state.py). gthread, not gevent (a
 # C-extension dependency that monkey-patches the process): docs/serving.md, docs/benchmarks.md.
-worker_class = "gthread"
+# gthread, except (server/worker.py): a worker holding more connections than another leaves
+# new ones to it, else a burst of keep-alive connections can all land on one worker (chosen
+# over SO_REUSEPORT, which drops a reloading worker's queued connections); a thread serves its
+# keep-alive client's next request itself; a busy worker sheds predictions at the door.
+# Measured in docs/benchmarks.md#connections-over-the-workers and the sections after it.
+worker_class = "server.worker.BalancedThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 # Seconds a client may leave a request body (or our response) without progress: a photo on a
 # slow mobile link still moves every few hundred milliseconds; a stalled one gets 408 and is

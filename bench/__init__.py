@@ -11,7 +11,10 @@ Benchmarks, one module each:
     uploads          accuracy on realistic and hard uploads, and the MNIST round trip
     written_numbers  POST /predict/number on generated numbers of 2-6 digits
     serve            gunicorn throughput and latency: /healthz vs /predict
-    v2               the Open Inference Protocol: our gunicorn vs KServe's model server
+    peers            serving against the peers: our gunicorn (and a baseline checkout) vs
+                     KServe's model server and MLServer, V2 JSON and binary, batch 1-1,024,
+                     64 and 256 connections
+    request_cpu      where a request's CPU goes: py-spy samples by component
 
 Shared by them (no ``main`` of their own):
 
@@ -19,11 +22,14 @@ Shared by them (no ``main`` of their own):
                      /readyz, stop (tests/serving.py builds on it too)
     loadgen          the request bodies, HTTP load (wrk or Python clients), CPU per request,
                      the table of medians and the per-round ratios
-    kserve_model     KServe's model server around our model, started by ``v2`` under
+    kserve_model     KServe's model server around our model, started by ``peers`` under
                      --kserve-python
+    mlserver_model   MLServer's model class around our model, loaded by ``peers`` under
+                     --mlserver-python
     floor_gunicorn.conf.py  the gunicorn config of ``serve --floor``
 
 A new benchmark is a module here with ``main(argv: list[str] | None = None) -> int`` and
 ``if __name__ == "__main__": sys.exit(main())``; a serving benchmark builds on ``servers`` and
-``loadgen``. Nothing is imported here: ``v2`` runs ``kserve_model`` under another interpreter.
+``loadgen``. Nothing is imported here: ``peers`` runs ``kserve_model`` and ``mlserver_model``
+under other interpreters.
 """

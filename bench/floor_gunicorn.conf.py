@@ -16,6 +16,8 @@ import runpy
 
 import numpy as np
 
+from models.decision import Scores, scores
+
 _base = os.environ.get("BENCH_BASE_CONFIG") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gunicorn.conf.py")
 globals().update({k: v for k, v in runpy.run_path(_base).items() if not k.startswith("__")})
@@ -28,8 +30,8 @@ def _fixed_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     return _DIGIT
 
 
-def _fixed_probabilities(model, images: np.ndarray) -> np.ndarray:
-    return np.full((len(images), 10), 0.1)
+def _fixed_probabilities(model, images: np.ndarray) -> Scores:
+    return scores(np.zeros((len(images), 10)), None)
 
 
 def post_worker_init(worker):

@@ -1,7 +1,7 @@
-"""KServe's own Python model server around our model, for bench.v2 to compare against.
+"""KServe's own Python model server around our model, for bench.peers to compare against.
 
 Runs under an interpreter that has the ``kserve`` package (a bench-only dependency, never a
-runtime one: bench.v2's --kserve-python), with the repository on its path:
+runtime one: bench.peers's --kserve-python), with the repository on its path:
 
     PYTHONPATH=. python -m bench.kserve_model --model model.npz --http_port 8080 --workers 2
 

@@ -1,4 +1,4 @@
-"""HTTP load for the serving benchmarks (bench.serve, bench.v2), measured side by side.
+"""HTTP load for the serving benchmarks (bench.serve, bench.peers), measured side by side.
 
 The request bodies they send; C concurrent keep-alive clients for some seconds (wrk when
 installed, else a bounded Python load generator); each run's requests/s, p50/p99 latency, and
@@ -173,40 +173,27 @@ def run_python(url: str, body: Path | None, content_type: str, concurrency: int,
             "p99": float(np.percentile(ms, 99))}
 
 
-#: A run in which one worker did more than this share of the work landed (nearly) all of the
-#: client's keep-alive connections on that worker: wrk opens them all at once, and whichever
-#: worker wakes first may accept every one, leaving the other core idle. Seen on /healthz in
-#: about one run in three (2 workers: ~1,400 instead of ~2,800 req/s, one worker at 0 CPU).
-#: Such a run measures connection placement, not the request, so it is repeated.
-LOPSIDED = 0.8
-TRIES = 4
-
-
 def measure_once(run, server_pid: int, url: str, body: Path | None, content_type: str,
                  args: argparse.Namespace, script: Path) -> dict:
     """One measurement of ``run`` (run_wrk or run_python), with the server's and the load
     generator's CPU ms/request: on a small machine the client competes with the server for
-    the cores, the more so the cheaper the request (/healthz). A run whose connections all
-    landed on one worker (LOPSIDED) is repeated, up to TRIES runs; ``row["tries"]`` counts."""
+    the cores, the more so the cheaper the request (/healthz). ``row["busiest_share"]`` is the
+    busiest worker's share of the workers' CPU: near 1 when every connection landed on one
+    worker. Such a run is reported like any other, never repeated: a client pool stuck on one
+    worker is what users would meet."""
     has_proc = Path(f"/proc/{server_pid}/stat").exists()
-    tries = 0
-    while tries < TRIES:
-        tries += 1
-        before = server_cpu(server_pid) if has_proc else {}
-        # this process (the Python client's threads) plus its finished children (wrk); the
-        # server is a child too, but one not yet waited for, so it is not counted here
-        client = sum(os.times()[:4])
-        row = run(url, body, content_type, args.concurrency, args.duration, script)
-        client = sum(os.times()[:4]) - client
-        after = server_cpu(server_pid) if has_proc else {}
-        share = busiest_worker_share(before, after, server_pid) if has_proc else 1.0
-        if share <= LOPSIDED or len(after) <= 2:  # balanced, or one worker (+ the master)
-            break
+    before = server_cpu(server_pid) if has_proc else {}
+    # this process (the Python client's threads) plus its finished children (wrk); the
+    # server is a child too, but one not yet waited for, so it is not counted here
+    client = sum(os.times()[:4])
+    row = run(url, body, content_type, args.concurrency, args.duration, script)
+    client = sum(os.times()[:4]) - client
+    after = server_cpu(server_pid) if has_proc else {}
     cpu = sum(after.values()) - sum(before.values()) if has_proc else float("nan")
     requests = row["rps"] * args.duration
     row["cpu_ms"] = 1e3 * cpu / requests
     row["client_cpu_ms"] = 1e3 * client / requests
-    row["busiest_share"], row["tries"] = share, tries
+    row["busiest_share"] = busiest_worker_share(before, after, server_pid) if has_proc else 1.0
     return row
 
 

@@ -44,12 +44,14 @@ def gunicorn_env(model: Path, metrics_dir: Path | None = None, **extra: str | No
     return {k: v for k, v in env.items() if v is not None}
 
 
-def start_gunicorn(env: dict, log: Path, config: Path = GUNICORN_CONF) -> subprocess.Popen:
-    """``gunicorn --config CONFIG "server:create_app()"`` in the repo, output to ``log``."""
+def start_gunicorn(env: dict, log: Path, config: Path = GUNICORN_CONF,
+                   tree: Path = REPO) -> subprocess.Popen:
+    """``gunicorn --config CONFIG "server:create_app()"`` in ``tree`` (this repo, or another
+    checkout of it, whose ``server`` then serves), output to ``log``."""
     with open(log, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", str(config), "server:create_app()"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(base: str, process: subprocess.Popen, log: Path, seconds: float = 60,

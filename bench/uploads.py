@@ -22,7 +22,12 @@ Per-font accuracy, about 400 uploads per font (49 fonts), enough to tell a font 
 one at 95% (the 95% interval printed on the "lowest" line is about +-2.5 points there):
 
     python -m bench.uploads --model model.npz --count 19600 --by font --hard-count 0 \
-                            --number-count 0
+                            --number-count 0 --handwriting-count 0 --not-digit-count 0
+
+With a model file that has a decision (models.decision), every digit set also reports the
+share refused as not a digit and the ECE of its answers, and the not-digit corpora of
+bench/corpora.py and the trainer's generator (a seed training never uses) report the share
+refused by kind.
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ import io
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from autodiff import no_grad
+from bench import corpora
+from bench.corpora import Upload
 from models import ModelFileError, load, to_model_input
+from models.decision import Decision, Scores, scores
 from server.imaging import (
     ImageError,
     label,
@@ -48,21 +55,14 @@ from server.imaging import (
     to_mnist,
     to_mnist_digits,
 )
+from trainer.report import expected_calibration_error
+from trainer.synthetic import not_digits, pen_digits
 
 FONT_DIRS = [Path("/usr/share/fonts/truetype") / name for name in
              ("dejavu", "liberation", "freefont")]
 # DejaVu's math font has no upright text digits of its own style worth testing separately
 EXCLUDED_FONTS = {"DejaVuMathTeXGyre.ttf"}
 RENDER_SIZE = 160  # font size of the master rendering, before scaling to the upload
-
-
-@dataclass
-class Upload:
-    """One rendered upload: encoded bytes, the true digit, and what varied (for breakdowns)."""
-
-    data: bytes
-    label: int
-    tags: dict
 
 
 def fonts() -> list[Path]:
@@ -371,14 +371,26 @@ def evaluate_numbers(module, preprocessing: dict, uploads: list[Upload]) -> dict
 
 
 def predict(module, preprocessing: dict, images: np.ndarray) -> np.ndarray:
-    """Predicted digits for float (N, 28, 28) images in [0, 1]."""
+    """Predicted digits (the plain answer, refused or not) for float (N, 28, 28) images."""
+    return score(module, preprocessing, images, None).probabilities.argmax(axis=1)
+
+
+def score(module, preprocessing: dict, images: np.ndarray, decision: Decision | None) -> Scores:
+    """The model's answers for float (N, 28, 28) images in [0, 1], as the server gives them."""
+    logits = []
     with no_grad():
-        logits = module(to_model_input(images, preprocessing)).value
-    return logits.argmax(axis=1)
+        for i in range(0, len(images), 1000):
+            logits.append(module(to_model_input(images[i:i + 1000], preprocessing)).value)
+    logits = np.concatenate(logits) if logits else np.zeros((0, module.dim_output))
+    if decision is None and logits.shape[1] != 10:  # plain answers of a decision model
+        decision = Decision(0.0)
+    return scores(logits, decision)
 
 
-def evaluate_uploads(module, preprocessing: dict, uploads: list[Upload]):
-    """(predictions with -1 where to_mnist refused, seconds spent in to_mnist)."""
+def evaluate_uploads(module, preprocessing: dict, uploads: list,
+                     decision: Decision | None = None):
+    """(predictions with -1 where to_mnist refused, seconds spent in to_mnist, the Scores of
+    every upload (to_mnist refusals scored as blank images: look at the predictions))."""
     images = np.zeros((len(uploads), 28, 28), dtype=np.float32)
     refused = np.zeros(len(uploads), dtype=bool)
     start = time.perf_counter()
@@ -388,9 +400,71 @@ def evaluate_uploads(module, preprocessing: dict, uploads: list[Upload]):
         except ImageError:
             refused[i] = True
     seconds = time.perf_counter() - start
-    predicted = predict(module, preprocessing, images)
+    result = score(module, preprocessing, images, decision)
+    predicted = result.probabilities.argmax(axis=1)
     predicted[refused] = -1
-    return predicted, seconds
+    return predicted, seconds, result
+
+
+def digit_line(predicted: np.ndarray, labels: np.ndarray, result: Scores) -> str:
+    """Refusals as not a digit (of the uploads to_mnist read) and the calibration of the
+    answers (the plain answer's confidence)."""
+    read = predicted >= 0
+    confidence = result.probabilities.max(axis=1)
+    ece = expected_calibration_error(confidence[read], (predicted == labels)[read])
+    refused = int(np.sum(~result.is_digit & read))
+    return (f"refused as not a digit {refused} ({100 * refused / max(read.sum(), 1):.2f}%), "
+            f"ECE {100 * ece:.2f}%")
+
+
+def refusal_table(uploads: list, predicted: np.ndarray, result: Scores, tag: str) -> str:
+    """Per value of ``tag``: the share refused (not a digit, or no digit found by to_mnist),
+    and the median confidence of those answered."""
+    values = np.array([u.tags.get(tag, "-") for u in uploads])
+    confidence = result.probabilities.max(axis=1)
+    answered_mask = result.is_digit & (predicted >= 0)
+    cells = []
+    for v in sorted(set(values)):
+        mask = values == v
+        refused = float(np.mean(~answered_mask[mask]))
+        answered = confidence[mask & answered_mask]
+        median = f", answered at median {np.median(answered):.2f}" if len(answered) else ""
+        cells.append(f"{v} {100 * refused:.1f}% refused ({int(mask.sum())}{median})")
+    return "\n    ".join(cells)
+
+
+def _as_uploads(images: np.ndarray, labels: np.ndarray, tags: list[dict] | None = None) -> list:
+    """28x28 float images as PNG uploads (ink bright on black, as MNIST's)."""
+    return [Upload(_encode(Image.fromarray(np.rint(x * 255).astype(np.uint8), "L"),
+                                   "PNG"), int(y), (tags or [{}] * len(labels))[i] or
+                           {"digit": str(int(y))})
+            for i, (x, y) in enumerate(zip(images, labels))]
+
+
+def _not_digit_uploads(count: int, seed: int) -> list:
+    """The trainer's generated not-digits (trainer.synthetic), from a seed it never uses."""
+    from trainer.synthetic import KINDS
+
+    images, kind = not_digits(count, np.random.default_rng([seed, 98]))
+    names = list(KINDS)
+    return _as_uploads(images, np.full(count, -1), [{"kind": names[k]} for k in kind])
+
+
+def _most_refused(uploads: list, predicted: np.ndarray, result: Scores, tags: list[str],
+                  k: int = 4) -> str:
+    """The categories of a digit set most often refused as not a digit (of those read)."""
+    cells = []
+    read = predicted >= 0
+    for tag in tags:
+        values = np.array([str(u.tags.get(tag, "")) if tag != "digit" else str(u.label)
+                           for u in uploads])
+        for v in set(values) - {""}:
+            mask = (values == v) & read
+            if mask.any():
+                cells.append((float(np.mean(~result.is_digit[mask])), f"{tag}={v}",
+                              int(mask.sum())))
+    cells.sort(reverse=True)
+    return "  ".join(f"{name} {100 * r:.1f}% ({n})" for r, name, n in cells[:k])
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -410,7 +484,8 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def mnist_roundtrip(module, preprocessing: dict, directory: Path, limit: int | None) -> dict:
+def mnist_roundtrip(module, preprocessing: dict, directory: Path, limit: int | None,
+                    decision: Decision | None = None) -> dict:
     """Accuracy on the MNIST test set fed directly and uploaded as 28x28 PNGs."""
     images_path = _find(directory, "t10k-images-idx3-ubyte")
     labels_path = _find(directory, "t10k-labels-idx1-ubyte")
@@ -422,10 +497,11 @@ def mnist_roundtrip(module, preprocessing: dict, directory: Path, limit: int | N
     direct = predict(module, preprocessing, images.astype(np.float32) / 255.0)
     uploads = [Upload(_encode(Image.fromarray(x, mode="L"), "PNG"), int(y), {})
                for x, y in zip(images, labels)]
-    uploaded, seconds = evaluate_uploads(module, preprocessing, uploads)
+    uploaded, seconds, result = evaluate_uploads(module, preprocessing, uploads, decision)
     return {"n": len(labels), "direct": float(np.mean(direct == labels)),
             "uploaded": float(np.mean(uploaded == labels)),
-            "changed": int(np.sum(direct != uploaded)), "ms": 1000 * seconds / len(labels)}
+            "changed": int(np.sum(direct != uploaded)), "ms": 1000 * seconds / len(labels),
+            "line": digit_line(uploaded, labels, result)}
 
 
 def breakdown(uploads: list[Upload], predicted: np.ndarray) -> dict[str, dict[str, tuple]]:
@@ -472,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="written numbers of 2-6 digits to read with to_mnist_digits")
     parser.add_argument("--hard-by", default="case,enlarge,source,polarity,format,digit",
                         help="comma-separated breakdowns of the hard set to print")
+    parser.add_argument("--handwriting-count", type=int, default=2000,
+                        help="pen-drawn digits and low-resolution scans (bench/corpora.py)")
+    parser.add_argument("--not-digit-count", type=int, default=2400,
+                        help="uploads that are not digits, by kind (bench/corpora.py), and as "
+                             "many of the trainer's own generated ones (a seed it never uses)")
     args = parser.parse_args(argv)
 
     try:
@@ -479,25 +560,35 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as exc:
         raise SystemExit(f"{exc} (train one with `python -m trainer --out {args.model}`)") from None
     preprocessing = metadata.get("preprocessing")
-    print(f"model {args.model}: {module!r}")
+    decision = Decision.from_metadata(metadata, module.dim_output)
+    print(f"model {args.model}: {module!r}; decision: "
+          + (f"threshold {decision.threshold:+.3f}, temperature {decision.temperature:.3f}"
+             if decision else "none (answers a digit for anything)"))
 
     if args.mnist_dir:
-        r = mnist_roundtrip(module, preprocessing, Path(args.mnist_dir), args.mnist_limit)
+        r = mnist_roundtrip(module, preprocessing, Path(args.mnist_dir), args.mnist_limit,
+                            decision)
         print(f"MNIST test ({r['n']}): arrays {100 * r['direct']:.2f}%  "
               f"as 28x28 PNG via to_mnist {100 * r['uploaded']:.2f}%  "
               f"difference {100 * (r['direct'] - r['uploaded']):+.2f} points  "
-              f"({r['changed']} predictions changed, {r['ms']:.2f} ms/image)")
+              f"({r['changed']} predictions changed, {r['ms']:.2f} ms/image); {r['line']}")
     else:
         print("MNIST round trip skipped: pass --mnist-dir or set MNIST_DIR")
 
     mnist = None
-    if args.mnist_dir and (args.hard_count or args.number_count):
+    if args.mnist_dir and (args.hard_count or args.number_count or args.handwriting_count):
         directory = Path(args.mnist_dir)
         mnist = (read_idx(_find(directory, "t10k-images-idx3-ubyte")),
                  read_idx(_find(directory, "t10k-labels-idx1-ubyte")))
     sets = [("realistic uploads", build_set, args.count, args.by),
             ("hard uploads", lambda n, seed: build_hard_set(n, seed, mnist), args.hard_count,
-             args.hard_by)]
+             args.hard_by),
+            ("handwriting: pen-drawn digits and low-resolution scans",
+             lambda n, seed: corpora.digit_set(n, seed + 2000, mnist), args.handwriting_count,
+             "case,variant,source,digit"),
+            ("the trainer's pen digits (a seed training never uses)",
+             lambda n, seed: _as_uploads(*pen_digits(n, np.random.default_rng([seed, 99]))),
+             args.handwriting_count // 4, "digit")]
     correct = total = 0
     for name, build, count, by in sets:
         if not count:
@@ -505,14 +596,18 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         uploads = build(count, args.seed)
         render_s = time.perf_counter() - start
-        predicted, seconds = evaluate_uploads(module, preprocessing, uploads)
+        predicted, seconds, result = evaluate_uploads(module, preprocessing, uploads, decision)
         labels = np.array([u.label for u in uploads])
         refused = int(np.sum(predicted == -1))
         correct, total = correct + int(np.sum(predicted == labels)), total + len(labels)
         print(f"{name} ({len(uploads)}, seed {args.seed}): "
-              f"{100 * np.mean(predicted == labels):.2f}% correct, {refused} refused  "
+              f"{100 * np.mean(predicted == labels):.2f}% correct, {refused} refused by "
+              f"to_mnist, {digit_line(predicted, labels, result)}  "
               f"(rendered in {render_s:.1f} s, to_mnist {1000 * seconds / len(uploads):.2f} "
               "ms/image)")
+        if decision is not None:
+            worst = _most_refused(uploads, predicted, result, by.split(","))
+            print(f"  most refused as not a digit: {worst}")
         table = breakdown(uploads, predicted)
         tags = [t for t in by.split(",") if t in table]
         for tag in tags:
@@ -522,6 +617,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  lowest (n, 95% interval): {lowest(table, tags)}")
     if total:
         print(f"whole set ({total}): {100 * correct / total:.2f}% correct")
+    if args.not_digit_count:
+        for name, uploads in (
+                ("not digits (bench/corpora.py)",
+                 corpora.not_digit_set(args.not_digit_count, args.seed + 1000)),
+                ("the trainer's not-digits (a seed training never uses)",
+                 _not_digit_uploads(args.not_digit_count, args.seed))):
+            predicted, _, result = evaluate_uploads(module, preprocessing, uploads, decision)
+            answered = result.is_digit & (predicted >= 0)
+            print(f"{name} ({len(uploads)}): refused {100 * np.mean(~answered):.1f}% (not a "
+                  "digit, or no digit found by to_mnist; lookalikes are required neither way)"
+                  f"\n  by kind: {refusal_table(uploads, predicted, result, 'kind')}")
     if args.number_count:
         r = evaluate_numbers(module, preprocessing,
                              build_number_set(args.number_count, args.seed, mnist))

@@ -3,8 +3,12 @@
 The graph takes what the V2 ``digitgrad`` model takes, ``pixels`` float32 [N, 28, 28] in
 [0, 1], ink bright on black, and applies the normalisation recorded in the model file itself,
 so a runtime (onnxruntime, Triton, KServe) needs nothing but the .onnx file. Outputs:
-``probabilities`` float32 [N, 10] (softmax) and ``digit`` int64 [N] (argmax). Needs the
-optional ``onnx`` package: ``pip install 'digitgrad[onnx]'``.
+``probabilities`` float32 [N, 10] (softmax) and ``digit`` int64 [N] (argmax). A model file
+with a "not a digit" decision (models.decision) exports it too: the temperature, the
+probabilities of the ten digits (a softmax over all eleven outputs, the last left out),
+``is_digit`` bool [N] (the threshold on the log-odds of "a digit") and ``digit_probability``
+float32 [N], exactly as the server answers. Needs the optional ``onnx`` package:
+``pip install 'digitgrad[onnx]'``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from models.archive import ModelFileError
 from models.convnet import ConvNetwork
+from models.decision import DIGITS, Decision
 from models.module import Module
 from models.networks import DeepNetwork, DenseStack, LinearNetwork
 from models.preprocessing import INPUT_SHAPE
@@ -34,6 +39,7 @@ except ImportError:  # pragma: no cover - only without the extra
 #: ONNX opset: 13 has Softmax over one axis and every op used here.
 OPSET = 13
 INPUT, PROBABILITIES, DIGIT = "pixels", "probabilities", "digit"
+IS_DIGIT, DIGIT_PROBABILITY = "is_digit", "digit_probability"
 
 
 class GraphBuilder:
@@ -126,9 +132,38 @@ def _normalise(g: GraphBuilder, preprocessing: dict | None) -> str:
     return g.op("Mul", [x, g.constant("inv_std", np.array(inv_std))])
 
 
+def _decide(g: GraphBuilder, logits: str, decision: Decision) -> list:
+    """The decision's outputs from the eleven logits (models.decision.scores, in ONNX)."""
+    z = g.op("Div", [logits, g.constant("temperature", np.array(decision.temperature,
+                                                                  dtype=np.float32))])
+
+    def columns(start: int, end: int) -> str:
+        return g.op("Slice", [z, g.constant("starts", np.array([start], dtype=np.int64)),
+                              g.constant("ends", np.array([end], dtype=np.int64)),
+                              g.constant("axes", np.array([1], dtype=np.int64))])
+
+    every = g.op("Softmax", [z], axis=1)
+    g.op("Slice", [every, g.constant("starts", np.array([0], dtype=np.int64)),
+                   g.constant("ends", np.array([DIGITS], dtype=np.int64)),
+                   g.constant("axes", np.array([1], dtype=np.int64))], PROBABILITIES)
+    g.op("ArgMax", [PROBABILITIES], DIGIT, axis=1, keepdims=0)
+    g.op("ReduceSum", [PROBABILITIES, g.constant("axis", np.array([1], dtype=np.int64))],
+         DIGIT_PROBABILITY, keepdims=0)
+    some_digit = g.op("ReduceLogSumExp", [columns(0, DIGITS)], axes=[1], keepdims=0)
+    not_digit = g.op("Squeeze", [columns(DIGITS, DIGITS + 1),
+                                 g.constant("axis", np.array([1], dtype=np.int64))])
+    odds = g.op("Sub", [some_digit, not_digit])
+    g.op("GreaterOrEqual", [odds, g.constant("threshold", np.array(decision.threshold,
+                                                                 dtype=np.float32))], IS_DIGIT)
+    return [helper.make_tensor_value_info(IS_DIGIT, TensorProto.BOOL, ["N"]),
+            helper.make_tensor_value_info(DIGIT_PROBABILITY, TensorProto.FLOAT, ["N"])]
+
+
 def to_onnx(module: Module, preprocessing: dict | None, doc: str = "",
-            metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """The ONNX model of ``module`` with its preprocessing; ValueError for an unknown class."""
+            metadata: dict[str, str] | None = None,
+            decision: Decision | None = None) -> onnx.ModelProto:
+    """The ONNX model of ``module`` with its preprocessing (and its decision, when it has
+    one); ValueError for an unknown class."""
     if onnx is None:
         raise ModuleNotFoundError(
             "ONNX export needs the onnx package: pip install 'digitgrad[onnx]'")
@@ -139,14 +174,18 @@ def to_onnx(module: Module, preprocessing: dict | None, doc: str = "",
                          f"it to EXPORTERS in models/onnx_export.py (known: {known})")
     g = GraphBuilder()
     logits = exporter(g, module, _normalise(g, preprocessing))
-    g.op("Softmax", [logits], PROBABILITIES, axis=1)
-    g.op("ArgMax", [logits], DIGIT, axis=1, keepdims=0)
-    classes = module.config().get("dim_output")
+    extra = []
+    if decision is None:
+        g.op("Softmax", [logits], PROBABILITIES, axis=1)
+        g.op("ArgMax", [logits], DIGIT, axis=1, keepdims=0)
+    else:
+        extra = _decide(g, logits, decision)
+    classes = DIGITS if decision is not None else module.config().get("dim_output")
     graph = helper.make_graph(
         g.nodes, "digitgrad",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", *INPUT_SHAPE])],
         [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", classes]),
-         helper.make_tensor_value_info(DIGIT, TensorProto.INT64, ["N"])],
+         helper.make_tensor_value_info(DIGIT, TensorProto.INT64, ["N"]), *extra],
         g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -164,13 +203,16 @@ def export(model_path: str | Path, onnx_path: str | Path) -> onnx.ModelProto:
     model_path = Path(model_path)
     module, metadata = load(model_path)
     preprocessing = metadata.get("preprocessing")
+    decision = Decision.from_metadata(metadata, module.config().get("dim_output"))
     sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
     props = {"digitgrad.source": model_path.name, "digitgrad.sha256": sha256,
              "digitgrad.architecture": json.dumps(module.config()),
              "digitgrad.preprocessing": json.dumps(preprocessing)}
     if metadata.get("classes"):  # names of the probabilities' columns, when the file has them
         props["digitgrad.classes"] = json.dumps(metadata["classes"])
-    model = to_onnx(module, preprocessing, f"digitgrad {model_path.name}", props)
+    if decision is not None:
+        props["digitgrad.decision"] = json.dumps(decision.to_metadata())
+    model = to_onnx(module, preprocessing, f"digitgrad {model_path.name}", props, decision)
     onnx.save_model(model, str(onnx_path))
     return model
 

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
 from server.errors import ApiError, error_body, error_response
-from server.inference import Prediction
+from server.inference import Busy, Prediction
 from server.model import LoadedModel
 from server.openapi import openapi_document
 from server.state import Serving, get_serving
@@ -22,6 +22,19 @@ TRUE_FLAGS = frozenset({"1", "true", "yes", "on"})
 #: previews and the favicon, blob: for a chosen file shown on the canvas); no inline script.
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+#: The routes that predict: shed under overload (``shed_early``).
+PREDICTING = frozenset({"api.predict", "api.predict_batch", "api.predict_number", "v2.infer"})
+
+
+@bp.before_app_request
+def shed_early() -> None:
+    """A prediction arriving while its worker's compute slot has a full line is answered 503
+    before its body is read or parsed: shedding must cost less than serving, or an overloaded
+    worker spends its CPU refusing. (The slot checks again when it is asked for.)"""
+    if request.endpoint in PREDICTING and get_serving().inference.slots.full():
+        raise Busy()
 
 
 @bp.after_app_request
@@ -60,11 +73,25 @@ def _prediction_json(prediction: Prediction) -> dict:
     """One image's prediction, as /predict and each file of /predict/batch answer it, with
     its attributions (28 lists of 28 numbers) when they were asked for."""
     body = {**_digit_json(prediction), "probabilities": prediction.probabilities.tolist(),
-            "model": prediction.model_id}
+            **_decision_json(prediction), "model": prediction.model_id}
     if prediction.attributions is not None:
         rounded = np.round(prediction.attributions.astype(np.float64), ATTRIBUTION_DECIMALS)
         body["attributions"] = (rounded + 0.0).tolist()  # + 0.0: no "-0.0" in the JSON
     return body
+
+
+def _decision_json(prediction: Prediction) -> dict:
+    """Whether the model takes the image for a digit at all, and how sure it is."""
+    return {"is_digit": prediction.is_digit, "digit_probability": prediction.digit_probability}
+
+
+NOT_A_DIGIT = ("That does not look like a digit; the closest digit is in \"closest\". Send "
+               "?plain=1 for the closest digit as an answer whatever the image holds.")
+
+
+def _refuse(body: dict) -> ApiError:
+    """422 not_a_digit, with the answer the image would have had as ``closest``."""
+    return ApiError(422, "not_a_digit", NOT_A_DIGIT, {"closest": body})
 
 
 def _requested(flag: str) -> bool:
@@ -115,6 +142,8 @@ def predict():
         body = _prediction_json(prediction)
         if _requested("debug"):
             body["debug_image"] = _debug_image(prediction.image)
+        if not prediction.is_digit and not _requested("plain"):
+            raise _refuse(body)
         return jsonify(body)
 
 
@@ -129,12 +158,17 @@ def predict_number():
         debug = _requested("debug")
         entries = []
         for prediction, box in digits:
-            entry = {**_digit_json(prediction), "box": list(box)}
+            entry = {**_digit_json(prediction), **_decision_json(prediction), "box": list(box)}
             if debug:
                 entry["debug_image"] = _debug_image(prediction.image)
             entries.append(entry)
         number = "".join(str(prediction.digit) for prediction, _box in digits)
-        return jsonify({"number": number, "digits": entries, "model": model.model_id})
+        body = {"number": number, "digits": entries, "model": model.model_id}
+        # each piece decided on its own: one that is not a digit refuses the number, and the
+        # pieces' is_digit say which
+        if not all(prediction.is_digit for prediction, _box in digits) and not _requested("plain"):
+            raise _refuse(body)
+        return jsonify(body)
 
 
 @bp.post("/predict/batch")
@@ -163,9 +197,18 @@ def predict_batch():
         refused=lambda _index, error: serving.metrics.observe_rejection(error.code),
         explain=_requested("explain"))
     requestlog.record_predictions(results)
+    plain = _requested("plain")  # the closest digit whatever the upload holds
     with serving.metrics.stage("encode"):
-        entries = [error_body(r.code, str(r)) if isinstance(r, imaging.ImageError)
-                   else _prediction_json(r) for r in results]
+        entries = []
+        for r in results:
+            if isinstance(r, imaging.ImageError):
+                entries.append(error_body(r.code, str(r)))
+            elif r.is_digit or plain:
+                entries.append(_prediction_json(r))
+            else:  # each image decided on its own, as a refused file is
+                serving.metrics.observe_rejection("not_a_digit")
+                entries.append(error_body("not_a_digit", NOT_A_DIGIT,
+                                          {"closest": _prediction_json(r)}))
         return jsonify({"predictions": entries})
 
 

@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import orjson
 from flask import Flask
+from flask.json.provider import JSONProvider
 
 from models import ModelFileError
 from server import api, bodies, imaging, metrics, requestlog, state, v2
@@ -24,12 +26,21 @@ DEFAULTS = {
     # above any phone camera.
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_BATCH_FILES": 16,
+    # 28x28 images of one V2 `pixels` request: 3.2 MB binary, at most ~19 MB as JSON, run
+    # PREDICT_CHUNK at a time (server/inference.py), so memory is bounded by the chunk.
+    "MAX_TENSOR_IMAGES": 1024,
+    # Requests per worker waiting for the compute slot; a prediction that finds this many is
+    # answered 503 with Retry-After at once (server/inference.py, server/worker.py), so the
+    # admitted ones keep a short wait under overload. 0: none waits.
+    "MAX_QUEUED_REQUESTS": 32,
     # Bytes of request bodies one worker process holds at once, all its threads together
-    # (server/bodies.py); None: a full batch and four single uploads.
+    # (server/bodies.py); None: the largest body a route takes and four single uploads.
     "MAX_BODY_BYTES_PER_WORKER": None,
 }
-INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES",
-                "MAX_BODY_BYTES_PER_WORKER")
+INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "MAX_TENSOR_IMAGES",
+                "MAX_QUEUED_REQUESTS", "MAX_BODY_BYTES_PER_WORKER")
+#: Settings that may be 0.
+ZERO_ALLOWED = ("MAX_QUEUED_REQUESTS",)
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +65,23 @@ def load_settings(config: Mapping | None = None) -> dict:
         try:
             number = int(value)
         except (TypeError, ValueError):
-            number = 0
-        if isinstance(value, bool) or number < 1:
-            raise StartupError(f"{key} must be a positive integer, got {value!r}")
+            number = -1
+        lowest = 0 if key in ZERO_ALLOWED else 1
+        if isinstance(value, bool) or number < lowest:
+            kind = "a non-negative" if lowest == 0 else "a positive"
+            raise StartupError(f"{key} must be {kind} integer, got {value!r}")
         settings[key] = number
     return settings
 
 
 def body_bytes_per_worker(settings: Mapping) -> int:
     """MAX_BODY_BYTES_PER_WORKER's default: the largest body a route takes (a batch of
-    MAX_BATCH_FILES uploads, with its framing) and four single uploads besides."""
-    upload = int(settings["MAX_UPLOAD_BYTES"])
-    return (int(settings["MAX_BATCH_FILES"]) + 4) * upload + 2 * bodies.FRAMING_BYTES
+    MAX_BATCH_FILES uploads, or MAX_TENSOR_IMAGES images as V2 JSON, with its framing) and four
+    single uploads besides."""
+    upload = settings["MAX_UPLOAD_BYTES"]
+    largest = max(settings["MAX_BATCH_FILES"] * upload,
+                  settings["MAX_TENSOR_IMAGES"] * v2.IMAGE_JSON_BYTES)
+    return largest + 4 * upload + 2 * bodies.FRAMING_BYTES
 
 
 def create_app(config: Mapping | None = None) -> Flask:
@@ -77,7 +93,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.config.update(settings)
     # Flask refuses bigger bodies with 413, multipart and raw alike, before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_UPLOAD_BYTES"]
-    app.json.sort_keys = False  # keep "digit", "confidence", ... in the documented order
+    app.json = OrjsonProvider(app)
     try:
         model = LoadedModel(settings["MODEL_PATH"])
     except ModelFileError as exc:
@@ -88,6 +104,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         log.error("model %s is not ready: %s", model.path, model.self_test_error)
     app_metrics = metrics.init_app(app)
     inference = Inference(app_metrics, compute_slots=state.COMPUTE_SLOTS,
+                          max_queued=settings["MAX_QUEUED_REQUESTS"],
                           max_upload_bytes=settings["MAX_UPLOAD_BYTES"],
                           max_pixels=settings["MAX_IMAGE_PIXELS"])
     state.init_app(app, state.Serving(model=model, metrics=app_metrics, inference=inference))
@@ -96,6 +113,23 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.register_blueprint(v2.bp)
     register_error_handlers(app, imaging.ImageError)
     return app
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON through orjson: several times faster than the json module both ways, keys
+    in insertion order ("digit", "confidence", ... as documented), numpy arrays written as
+    lists. Parsing is iterative up to 1,024 levels (an error beyond), never a RecursionError."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs):
+        body = orjson.dumps(self._prepare_response_obj(args, kwargs),
+                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+        return self._app.response_class(body, mimetype="application/json")
 
 
 def _what_to_do(exc: ModelFileError) -> str:

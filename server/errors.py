@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from server.inference import Busy
 from server.state import get_serving
 
 
@@ -19,10 +20,11 @@ class ApiError(Exception):
     theirs from DOMAIN_STATUSES, so one handler serves both.
     """
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.details = details or {}  # more of the answer, beside code and message
 
 
 # Codes and messages for the statuses werkzeug raises itself (routing, body size, ...).
@@ -58,14 +60,15 @@ DOMAIN_STATUSES = {
 REJECTION_ENDPOINTS = ("api.predict", "api.predict_batch", "api.predict_number")
 
 
-def error_body(code: str, message: str) -> dict:
-    """The envelope's content, also used for per-file errors in a batch."""
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, details: dict | None = None) -> dict:
+    """The envelope's content, also used for per-file errors in a batch; ``details`` adds
+    fields beside code and message (not_a_digit's ``closest`` answer)."""
+    return {"error": {"code": code, "message": message, **(details or {})}}
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, details: dict | None = None):
     """A JSON error response."""
-    response = jsonify(error_body(code, message))
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
 
@@ -85,7 +88,7 @@ def status_of(exc: Exception) -> int:
 def handle_api_error(exc):
     """ApiError and imaging's ImageError: status (mapped from the code), code and message."""
     _count_rejection(exc.code)
-    return error_response(status_of(exc), exc.code, str(exc))
+    return error_response(status_of(exc), exc.code, str(exc), getattr(exc, "details", None))
 
 
 def _read_timed_out(exc: HTTPException) -> bool:
@@ -159,11 +162,20 @@ def handle_unexpected(exc: Exception):
     return error_response(500, *HTTP_ERRORS[500])
 
 
+def handle_busy(exc: Busy):
+    """Shed (server.inference.ComputeSlots): 503 with Retry-After, counted as a rejection."""
+    get_serving().metrics.observe_rejection(exc.code)
+    response = error_response(503, exc.code, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def register_error_handlers(app: Flask, *domain_errors: type[Exception]) -> None:
     """JSON for every error: ``domain_errors`` (a .code; status from DOMAIN_STATUSES), ApiError
     as raised, the rest mapped."""
     for cls in (ApiError, *domain_errors):
         app.register_error_handler(cls, handle_api_error)
+    app.register_error_handler(Busy, handle_busy)
     app.register_error_handler(HTTPException, handle_http_exception)
     for cls in (OSError, MemoryError):
         app.register_error_handler(cls, handle_unavailable)

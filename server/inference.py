@@ -9,11 +9,13 @@ no HTTP statuses here; errors are ``imaging.ImageError``s, whose codes ``server.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from models.decision import Scores
 from server import imaging
 from server.imaging.segment import Box
 from server.metrics import Metrics
@@ -21,6 +23,63 @@ from server.model import LoadedModel
 
 #: Digits one written number may hold (more is answered 422 too_many_digits).
 MAX_NUMBER_DIGITS = 12
+#: Images per forward pass of a large pixels batch: the activations of a chunk are what a
+#: request holds at once (the CNN's first layer: 64 x 32 x 28 x 28 float32, 6.4 MB), and the
+#: compute slot is taken per chunk, so other requests get their turns between chunks.
+PREDICT_CHUNK = 64
+
+
+class Busy(Exception):  # noqa: N818 - the API's names for the answers
+    """As many requests as may already hold or wait for this worker's compute slots."""
+
+    code = "overloaded"
+    #: Seconds a client should wait before sending again (HTTP's Retry-After).
+    retry_after = 1
+
+    def __init__(self):
+        super().__init__(f"The server is busy; send the request again in {self.retry_after} s.")
+
+
+class ComputeSlots:
+    """``slots`` compute slots per worker, handed to waiting threads in the order they asked,
+    with at most ``max_waiting`` threads waiting: one more raises Busy at once (a context
+    manager). threading.Semaphore lets a thread that just arrived take a slot before the one
+    woken for it, which then queues again at the back: under load some requests waited
+    seconds while others passed them (docs/benchmarks.md). Here a released slot goes straight
+    to the longest waiting thread.
+    """
+
+    def __init__(self, slots: int, max_waiting: int) -> None:
+        self.capacity = slots + max_waiting  #: requests holding or waiting for a slot, at most
+        self._free = slots
+        self._in_line = 0
+        self._lock = threading.Lock()
+        self._waiting: deque[threading.Lock] = deque()
+
+    def full(self) -> bool:
+        """Whether a request asking for a slot now would be refused."""
+        return self._in_line >= self.capacity
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._in_line >= self.capacity:
+                raise Busy()
+            self._in_line += 1
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by __exit__ when this thread's turn comes: the slot is ours
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._in_line -= 1
+            if self._waiting:
+                self._waiting.popleft().release()  # handed over, still taken
+            else:
+                self._free += 1
 
 
 class EmptyImage(imaging.ImageError):  # noqa: N818 - the API's names for the answers
@@ -32,9 +91,9 @@ class EmptyImage(imaging.ImageError):  # noqa: N818 - the API's names for the an
         super().__init__("The uploaded image is empty.")
 
 
-def _model_predict(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-    """The default ``forward``: the loaded model's own ``predict``."""
-    return model.predict(images)
+def _model_answer(model: LoadedModel, images: np.ndarray) -> Scores:
+    """The default ``forward``: the loaded model's own ``answer``."""
+    return model.answer(images)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 7x, per image of a batch
@@ -46,10 +105,15 @@ class Prediction:
     """
 
     image: np.ndarray  #: float32 (28, 28), the image the model saw
-    probabilities: np.ndarray  #: float64 (10,), summing to 1
+    #: float64 (10,): each digit's probability; they sum to ``digit_probability``
+    probabilities: np.ndarray
     digit: int
     label: str | None  #: the class name, when the model file names its classes
     model_id: str
+    #: the model file's decision (models.decision): is it a digit at all, and how sure;
+    #: a model without one calls everything a digit (probability 1)
+    is_digit: bool = True
+    digit_probability: float = 1.0
     #: float32 (28, 28) over ``image``: integrated gradients of ``digit``, when asked for
     attributions: np.ndarray | None = None
 
@@ -69,29 +133,30 @@ class Inference:
 
     The work itself is three attributes, set at construction: ``transform`` (file -> 28x28,
     ``imaging.to_mnist``), ``transform_number`` (file -> one 28x28 and box per digit,
-    ``imaging.to_mnist_digits``) and ``forward`` ((model, images) -> probabilities (N, 10),
-    ``model.predict``). That is the service's seam: bench/floor_gunicorn.conf.py replaces
+    ``imaging.to_mnist_digits``) and ``forward`` ((model, images) -> ``models.decision.Scores``,
+    ``model.answer``). That is the service's seam: bench/floor_gunicorn.conf.py replaces
     them with constants to measure the service without its work. Nothing else should.
     """
 
-    def __init__(self, metrics: Metrics, *, compute_slots: int, max_upload_bytes: int,
-                 max_pixels: int,
+    def __init__(self, metrics: Metrics, *, compute_slots: int, max_queued: int,
+                 max_upload_bytes: int, max_pixels: int,
                  transform: Callable[..., np.ndarray] = imaging.to_mnist,
                  transform_number: Callable[..., list[tuple[np.ndarray, Box]]]
                  = imaging.to_mnist_digits,
-                 forward: Callable[[LoadedModel, np.ndarray], np.ndarray] = _model_predict):
+                 forward: Callable[[LoadedModel, np.ndarray], Scores] = _model_answer):
         self.metrics = metrics
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.transform = transform
         self.transform_number = transform_number
         self.forward = forward
-        self._slots = threading.BoundedSemaphore(compute_slots)
+        #: Taken per request (per chunk of a pixels batch); Busy when max_queued wait already.
+        self.slots = ComputeSlots(compute_slots, max_queued)
 
     def predict_file(self, model: LoadedModel, data: bytes, *,
                      explain: bool = False) -> Prediction:
         """One image file's digit (/predict)."""
-        with self._slots:
+        with self.slots:
             with self.metrics.stage("preprocess"):
                 image = self._read(data)
             return self._predict(model, image[None], explain)[0]
@@ -103,7 +168,7 @@ class Inference:
         its ImageError in the list. ``refused(index, error)`` is called first, and may raise
         to stop the request there (V2 answers only the first refused image)."""
         read: list[np.ndarray | imaging.ImageError] = []
-        with self._slots:
+        with self.slots:
             with self.metrics.stage("preprocess"):
                 for index, data in enumerate(files):
                     try:
@@ -120,7 +185,7 @@ class Inference:
     def predict_number(self, model: LoadedModel, data: bytes) -> list[tuple[Prediction, Box]]:
         """A written number's digits, left to right, each with its (x, y, w, h) box in the
         upload, in one forward pass (/predict/number)."""
-        with self._slots:
+        with self.slots:
             with self.metrics.stage("preprocess"):
                 digits = self.transform_number(self._checked(data), max_pixels=self.max_pixels,
                                                max_digits=MAX_NUMBER_DIGITS)
@@ -129,9 +194,14 @@ class Inference:
 
     def predict_pixels(self, model: LoadedModel, images: np.ndarray, *,
                        explain: bool = False) -> list[Prediction]:
-        """The digits of images already 28x28 in [0, 1], ink bright on black (V2's pixels)."""
-        with self._slots:
-            return self._predict(model, images, explain)
+        """The digits of images already 28x28 in [0, 1], ink bright on black (V2's pixels),
+        PREDICT_CHUNK at a time, each chunk in its own turn of the compute slot."""
+        predictions = []
+        for start in range(0, len(images), PREDICT_CHUNK):
+            with self.slots:
+                predictions += self._predict(model, images[start:start + PREDICT_CHUNK],
+                                             explain)
+        return predictions
 
     def _checked(self, data: bytes) -> bytes:
         """``data``, refused if empty or larger than one upload may be (a batch's files)."""
@@ -151,11 +221,14 @@ class Inference:
         """The model on images (N, 28, 28): one Prediction each, its digit counted, and with
         ``explain`` its attributions (one image at a time: memory of one explanation's batch)."""
         with self.metrics.stage("inference"):
-            probabilities = self.forward(model, images)
+            answers = self.forward(model, images)
         model_id, predictions = model.model_id, []
-        for image, p, digit in zip(images, probabilities, probabilities.argmax(axis=1).tolist()):
+        for image, p, digit, is_digit, sure in zip(
+                images, answers.probabilities, answers.probabilities.argmax(axis=1).tolist(),
+                answers.is_digit.tolist(), answers.digit_probability.tolist()):
             self.metrics.observe_prediction(digit)
-            predictions.append(Prediction(image, p, digit, model.label(digit), model_id))
+            predictions.append(Prediction(image, p, digit, model.label(digit), model_id,
+                                          is_digit, sure))
         if explain:
             with self.metrics.stage("explain"):
                 for prediction in predictions:

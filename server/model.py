@@ -10,18 +10,11 @@ import numpy as np
 
 import models
 from autodiff import no_grad
+from models.decision import Decision, DecisionError, Scores, scores
 from models.explain import integrated_gradients
 
 #: Length of the sha256 prefix that names the model in every prediction.
 MODEL_ID_LENGTH = 12
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (rows sum to 1 to ~1e-15), stable for any finite logits."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -69,6 +62,11 @@ class LoadedModel:
         self.sha256 = file_sha256(self.path)
         self.preprocessing = self.metadata.get("preprocessing")
         self.classes = class_names(self.path, self.metadata)
+        try:
+            # "not a digit" (models.decision): None for files without one, which never refuse
+            self.decision = Decision.from_metadata(self.metadata, self.module.dim_output)
+        except DecisionError as exc:
+            raise models.ModelFileError(self.path, str(exc)) from exc
         self.load_seconds = time.perf_counter() - started
         self.loaded_at = time.time()
         self.self_test_error: str | None = "self-test not run"
@@ -88,11 +86,16 @@ class LoadedModel:
         return self.self_test_error is None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 10) float64 for images (N, 28, 28) in [0, 1], ink bright on black."""
+        """Probabilities (N, 10) float64 for images (N, 28, 28) in [0, 1], ink bright on black
+        (with a decision they sum to the probability of "a digit"; see ``answer``)."""
+        return self.answer(images).probabilities
+
+    def answer(self, images: np.ndarray) -> Scores:
+        """The digits' probabilities and, per image, whether it is a digit and how sure."""
         x = models.to_model_input(images, self.preprocessing)
         with no_grad():
             logits = self.module(x).value
-        return softmax(logits)
+        return scores(logits, self.decision)
 
     def explain(self, image: np.ndarray, digit: int) -> np.ndarray:
         """Integrated gradients (28, 28) of ``digit``'s logit over ``image`` (28, 28) in [0, 1]:
@@ -120,8 +123,11 @@ class LoadedModel:
                 self.self_test_error = (
                     f"self-test: expected 10 class probabilities per image, got shape {probs.shape}"
                 )
-            elif not np.isfinite(probs).all() or not np.allclose(probs.sum(axis=1), 1.0):
-                self.self_test_error = "self-test: probabilities are not finite or do not sum to 1"
+            elif not np.isfinite(probs).all() or not (
+                    np.allclose(probs.sum(axis=1), 1.0) if self.decision is None
+                    else (probs.sum(axis=1) <= 1 + 1e-9).all()):
+                self.self_test_error = ("self-test: probabilities are not finite or do not sum "
+                                        "to 1 (at most 1 with a not-a-digit decision)")
             else:
                 self.self_test_error = None
         return self.ready
@@ -144,4 +150,5 @@ class LoadedModel:
             "load_seconds": round(self.load_seconds, 4),
             "ready": self.ready,
             **({"classes": self.classes} if self.classes else {}),  # as predictions' "label"
+            "decision": self.decision.to_metadata() if self.decision else None,
         }

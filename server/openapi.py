@@ -27,9 +27,12 @@ def _errors(*statuses: int) -> dict:
         405: "Method not allowed.",
         413: "Too many bytes, too many pixels, or too many files.",
         415: "Unsupported Content-Type or image format.",
-        422: "No digit found: the image is blank, uniformly inked or holds too little ink for a "
-             "digit (or, for a number, more digits than allowed).",
-        503: "The model is not ready (see /readyz).",
+        422: "not_a_digit: the image holds ink that the model does not take for a digit "
+             "(the closest answer is in `closest`; ?plain=1 asks for it as the answer); or "
+             "no_digit_found: the image is blank, uniformly inked or holds too little ink for "
+             "a digit (or, for a number, more digits than allowed).",
+        503: "The model is not ready (see /readyz), or the server is busy (`overloaded`, "
+             "`server_busy`, with Retry-After) or short of memory (`unavailable`).",
     }
     return {str(s): _json("Error", reasons[s]) for s in statuses}
 
@@ -76,7 +79,7 @@ def openapi_document(config: Mapping) -> dict:
                     "name": "debug", "in": "query", "required": False,
                     "description": "1 adds `debug_image`, the 28x28 image the model saw.",
                     "schema": {"type": "string", "enum": ["0", "1"]},
-                }, EXPLAIN],
+                }, PLAIN, EXPLAIN],
                 "requestBody": image_upload,
                 "responses": {"200": _json("Prediction", "The prediction."),
                               **_errors(400, 413, 415, 422, 503)},
@@ -91,7 +94,7 @@ def openapi_document(config: Mapping) -> dict:
                     "description": "1 adds each digit's `debug_image`, the 28x28 image the "
                                    "model saw.",
                     "schema": {"type": "string", "enum": ["0", "1"]},
-                }],
+                }, PLAIN],
                 "requestBody": image_upload,
                 "responses": {"200": _json("NumberPrediction", "The number and its digits."),
                               **_errors(400, 413, 415, 422, 503)},
@@ -100,9 +103,10 @@ def openapi_document(config: Mapping) -> dict:
                 "summary": "Predict several images in one forward pass.",
                 "description": f"Up to {config['MAX_BATCH_FILES']} files in the multipart field "
                                "`images`. Answers in the same order; a file that cannot be "
-                               "read gets an error entry and the others are still predicted. "
+                               "read, or that is not a digit (`not_a_digit`, with `closest`), "
+                               "gets an error entry and the others are still predicted. "
                                + limits,
-                "parameters": [EXPLAIN],
+                "parameters": [PLAIN, EXPLAIN],
                 "requestBody": batch_upload,
                 "responses": {"200": _json("BatchPrediction", "One entry per file, in order."),
                               **_errors(400, 413, 415, 503)},
@@ -145,6 +149,18 @@ def openapi_document(config: Mapping) -> dict:
     }
 
 
+#: ?plain=1: answer the closest digit whatever the upload holds (never not_a_digit).
+PLAIN = {
+    "name": "plain", "in": "query", "required": False,
+    "description": "1: the closest digit as the answer whatever the image holds, instead of "
+                   "422 not_a_digit (a model file without a decision never refuses).",
+    "schema": {"type": "string", "enum": ["0", "1"]},
+}
+IS_DIGIT = {"type": "boolean", "description": "Whether the model takes the image for a digit "
+                                             "at all (the model file's decision)."}
+DIGIT_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1,
+                     "description": "How sure the model is that the image is a digit at all "
+                                    "(1 for a model file without a decision)."}
 EXPLAIN = {
     "name": "explain", "in": "query", "required": False,
     "description": "1 adds `attributions`: which pixels made the answer (integrated gradients "
@@ -156,17 +172,22 @@ EXPLAIN = {
 SCHEMAS = {
     "Prediction": {
         "type": "object",
-        "required": ["digit", "confidence", "probabilities", "model"],
+        "required": ["digit", "confidence", "probabilities", "is_digit", "digit_probability",
+                     "model"],
         "properties": {
             "digit": {"type": "integer", "minimum": 0, "maximum": 9,
                       "description": "The class index (a digit, for MNIST models)."},
             "label": {"type": "string", "description": "The class name, when the model file "
                                                         "names its classes (Fashion-MNIST)."},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1,
-                           "description": "The probability of `digit`."},
+                           "description": "The probability of `digit`: how often an answer "
+                                          "given with this confidence is right."},
             "probabilities": {"type": "array", "minItems": 10, "maxItems": 10,
                               "items": {"type": "number", "minimum": 0, "maximum": 1},
-                              "description": "One per digit 0-9; they sum to 1."},
+                              "description": "One per digit 0-9; they sum to "
+                                             "`digit_probability` (1 without a decision)."},
+            "is_digit": IS_DIGIT,
+            "digit_probability": DIGIT_PROBABILITY,
             "model": {"type": "string", "pattern": "^[0-9a-f]{12}$",
                       "description": "The first 12 hex digits of the model file's sha256."},
             "debug_image": {"type": "string", "format": "byte",
@@ -191,12 +212,14 @@ SCHEMAS = {
                                       "zeros are kept."},
             "digits": {"type": "array", "minItems": 1, "items": {
                 "type": "object",
-                "required": ["digit", "confidence", "box"],
+                "required": ["digit", "confidence", "is_digit", "digit_probability", "box"],
                 "properties": {
                     "digit": {"type": "integer", "minimum": 0, "maximum": 9},
                     "label": {"type": "string", "description": "The class name, when the "
                                                                 "model file names its classes."},
                     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                    "is_digit": IS_DIGIT,
+                    "digit_probability": DIGIT_PROBABILITY,
                     "box": {"type": "array", "minItems": 4, "maxItems": 4,
                             "items": {"type": "integer", "minimum": 0},
                             "description": "[x, y, width, height] of the digit's ink, in the "
@@ -226,9 +249,15 @@ SCHEMAS = {
                          "bad_request, missing_field, empty_image, invalid_image, "
                          "unsupported_format, unsupported_media_type, image_too_large, "
                          "request_too_large, request_timeout, too_many_files, "
-                         "too_many_digits, no_digit_found, not_found, "
-                         "method_not_allowed, not_ready, internal_error."},
+                         "too_many_digits, no_digit_found, not_a_digit, not_found, "
+                         "method_not_allowed, not_ready, overloaded, server_busy, "
+                         "unavailable, uri_too_long, headers_too_large, expectation_failed, "
+                         "not_implemented, internal_error."},
                 "message": {"type": "string", "description": "For people; says what to do."},
+                "closest": {"type": "object", "description": "not_a_digit only: the answer "
+                            "the image would have had (a Prediction, or for /predict/number a "
+                            "NumberPrediction whose digits' is_digit say which pieces are not "
+                            "digits)."},
             },
         }},
     },
@@ -258,6 +287,9 @@ SCHEMAS = {
             "metrics": {"description": "Training and test metrics, as the trainer wrote them."},
             "data": {"description": "The data the model was trained on."},
             "created": {"description": "When the model file was written."},
+            "decision": {"description": "The not-a-digit decision written by the trainer "
+                                        "({\"kind\", \"threshold\", \"temperature\"}), "
+                                        "or null: the model calls everything a digit."},
             "classes": {"type": "array", "minItems": 10, "maxItems": 10, "items": TEXT,
                         "description": "The class names, when the model file has them."},
             "loaded_at": {"type": "string", "format": "date-time"},
@@ -276,7 +308,8 @@ def _v2_errors(*statuses: int) -> dict:
         400: "Bad shape, datatype or data, a limit exceeded, or an image the pipeline refuses.",
         404: "No such model or version.",
         413: "The body is over the limit (checked before it is parsed).",
-        503: "The model is not ready (see /v2/health/ready).",
+        503: "The model is not ready (see /v2/health/ready), or the server is busy (with "
+             "Retry-After).",
     }
     return {str(s): _json("V2Error", reasons[s]) for s in statuses}
 
@@ -306,11 +339,14 @@ def _v2_paths(config: Mapping) -> dict:
         "description": "`digitgrad` takes `pixels` FP32 [N, 28, 28] in [0, 1], ink bright on "
                        "black; `digitgrad-image` takes `image` BYTES [N], each element an "
                        "image file read as POST /predict reads it. Both answer "
-                       "`probabilities` FP32 [N, 10] and `digit` INT64 [N], and, only when "
+                       "`probabilities` FP32 [N, 10], `digit` INT64 [N], `is_digit` BOOL [N] "
+                       "and `digit_probability` FP32 [N] (the model file's not-a-digit "
+                       "decision; never an error: the protocol has none for it), and, only when "
                        "named in `outputs`, `attributions` FP32 [N, 28, 28] (as "
                        "/predict?explain=1, unrounded). "
-                       f"N is 1 to {config['MAX_BATCH_FILES']}; at most "
-                       f"{config['MAX_UPLOAD_BYTES']} bytes per image file. Tensors as JSON "
+                       f"N is 1 to {config['MAX_TENSOR_IMAGES']} pixel images, or 1 to "
+                       f"{config['MAX_BATCH_FILES']} image files of at most "
+                       f"{config['MAX_UPLOAD_BYTES']} bytes each. Tensors as JSON "
                        "or binary (binary_data_size, binary_data, binary_data_output).",
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": _ref("V2InferenceRequest")},
@@ -392,7 +428,8 @@ V2_SCHEMAS = {
             "outputs": {"type": "array", "items": {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string",
-                                        "enum": ["probabilities", "digit", "attributions"]},
+                                        "enum": ["probabilities", "digit", "is_digit",
+                                                 "digit_probability", "attributions"]},
                                "parameters": _V2_PARAMETERS}}},
         },
     },

@@ -70,17 +70,9 @@ def _finish(response: Response) -> Response:
     request_id = g.setdefault("request_id", uuid.uuid4().hex)
     response.headers[HEADER] = request_id
     started = g.get("request_started")
-    line = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z",
-        "request_id": request_id,
-        "method": request.method,
-        "route": route_label(),
-        "status": response.status_code,
-        "latency_ms": None if started is None else
-        round((time.perf_counter() - started) * 1000, 2),
-        "model": get_serving().model.model_id,
-        "pid": os.getpid(),
-    }
+    line = _line(request_id, request.method, route_label(), response.status_code,
+                 None if started is None else round((time.perf_counter() - started) * 1000, 2),
+                 get_serving().model.model_id)
     predictions = g.get("predictions", [])
     if len(predictions) == 1:
         line["digit"], line["confidence"] = predictions[0][0], round(predictions[0][1], 4)
@@ -89,6 +81,26 @@ def _finish(response: Response) -> Response:
         line["confidences"] = [round(confidence, 4) for _, confidence in predictions]
     log.info(json.dumps(line))
     return response
+
+
+def log_unrouted(method: str, route: str, status: int, model: str) -> None:
+    """The line of a request answered before it reached the app (server/worker.py's 503s
+    under overload), with a new request id."""
+    log.info(json.dumps(_line(uuid.uuid4().hex, method, route, status, 0.0, model)))
+
+
+def _line(request_id: str, method: str, route: str, status: int, latency_ms: float | None,
+          model: str) -> dict:
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z",
+        "request_id": request_id,
+        "method": method,
+        "route": route,
+        "status": status,
+        "latency_ms": latency_ms,
+        "model": model,
+        "pid": os.getpid(),
+    }
 
 
 def init_app(app: Flask) -> None:

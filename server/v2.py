@@ -7,19 +7,27 @@ Two models, both backed by the loaded model file, whose id is their one version:
 * ``digitgrad-image``: input ``image`` BYTES [-1], each element one encoded image file that goes
   through /predict's pipeline and limits.
 
-Both answer ``probabilities`` FP32 [-1, 10] and ``digit`` INT64 [-1], and, only when the request
-names it in ``outputs``, ``attributions`` FP32 [-1, 28, 28] (integrated gradients of each digit
-over its 28x28 image, as /predict?explain=1 gives them). Tensor data may be JSON or
+Both answer ``probabilities`` FP32 [-1, 10], ``digit`` INT64 [-1], and the model file's decision
+(models.decision): ``is_digit`` BOOL [-1], whether the image is a digit at all, and
+``digit_probability`` FP32 [-1], how sure (a model without a decision calls everything a digit,
+with probability 1); the protocol has no "not a digit" error, so a well-formed tensor is always
+answered. Only when the request names it in ``outputs``: ``attributions`` FP32 [-1, 28, 28]
+(integrated gradients of each digit over its 28x28 image, as /predict?explain=1 gives them).
+Tensor data may be JSON or
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
-Every count and size is checked before any image is decoded or any product computed.
+Every count and size is checked before any image is decoded or any product computed: a
+``pixels`` body is bounded by the bytes MAX_TENSOR_IMAGES images can take (JSON or binary)
+before it is read, its JSON's arrays and values counted before it is parsed, then parsed by
+orjson (no Python recursion; nesting deeper than 1,024 is an error); the model runs over it
+in chunks (server/inference.py), so memory is bounded by the chunk whatever the batch.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -27,6 +35,7 @@ from models import digitgrad_version
 from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
 from server.errors import RETRY_AFTER, UNAVAILABLE, http_error, log_unavailable
+from server.inference import Busy
 from server.model import LoadedModel
 from server.state import get_serving
 
@@ -36,6 +45,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 SIDE = 28
 #: Bytes before each element of a binary BYTES tensor: its length, uint32 little-endian.
 LENGTH_PREFIX = 4
+#: Bytes one 28x28 image's pixels may take as JSON: 24 a pixel, the 20 characters of the
+#: longest float repr a client typically sends for k / 255 (0.0039215686274509803), a
+#: separator, nesting brackets.
+IMAGE_JSON_BYTES = SIDE * SIDE * 24
 
 
 class V2Error(Exception):
@@ -69,11 +82,13 @@ IMAGE = TensorSpec("image", "BYTES", (-1,), None)
 OUTPUTS = {
     "probabilities": TensorSpec("probabilities", "FP32", (-1, 10), "<f4"),
     "digit": TensorSpec("digit", "INT64", (-1,), "<i8"),
+    "is_digit": TensorSpec("is_digit", "BOOL", (-1,), "?"),
+    "digit_probability": TensorSpec("digit_probability", "FP32", (-1,), "<f4"),
     "attributions": TensorSpec("attributions", "FP32", (-1, SIDE, SIDE), "<f4"),
 }
 #: The outputs of a request that names none: an explanation costs more than the prediction
 #: (docs/serving.md#explanations), so it is computed only when asked for.
-DEFAULT_OUTPUTS = ("probabilities", "digit")
+DEFAULT_OUTPUTS = ("probabilities", "digit", "is_digit", "digit_probability")
 #: Model name -> its input; the outputs are the same for both.
 MODELS = {"digitgrad": PIXELS, "digitgrad-image": IMAGE}
 MODEL_NAMES = " and ".join(f'"{name}"' for name in MODELS)
@@ -94,6 +109,15 @@ def _v2_error(exc: V2Error) -> Response:
     if exc.status == 400:  # a refused request or image, counted like /predict's
         get_serving().metrics.observe_rejection(exc.code)
     return _error(exc.status, str(exc))
+
+
+@bp.errorhandler(Busy)
+def _busy(exc: Busy) -> Response:
+    """Shed (server.inference.ComputeSlots): 503 and Retry-After, counted as a rejection."""
+    get_serving().metrics.observe_rejection(exc.code)
+    response = _error(503, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @bp.errorhandler(HTTPException)
@@ -196,19 +220,30 @@ def infer(name: str, version: str | None = None):
     if not model.ready:
         raise V2Error(503, "The model is not ready to serve; GET /v2/health/ready.")
     config = current_app.config
-    max_batch, max_bytes = config["MAX_BATCH_FILES"], config["MAX_UPLOAD_BYTES"]
+    max_bytes = config["MAX_UPLOAD_BYTES"]
     if spec is IMAGE:
-        # Up to max_batch images of max_bytes each, as for /predict/batch. Pixels keep the
-        # app's limit, max_bytes: 5 MB by default, far above 16 x 784 numbers as JSON.
+        # Up to max_batch image files of max_bytes each, as for /predict/batch.
+        max_batch = config["MAX_BATCH_FILES"]
         allow_batch_body(max_batch, max_bytes + LENGTH_PREFIX)
+    else:
+        # Pixels cost by their count, not by a file's worst case: up to MAX_TENSOR_IMAGES,
+        # the body no larger than they can take as JSON, refused before it is read.
+        max_batch = config["MAX_TENSOR_IMAGES"]
+        allow_batch_body(max_batch, IMAGE_JSON_BYTES)
     serving = get_serving()
     with serving.metrics.stage("decode"):
         body = request.get_data(cache=False)
         check_streamed_body()
-        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH),
+                                    max_batch if spec is PIXELS else None)
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
     explain = any(name == "attributions" for name, _binary in outputs)
+    if explain and len(data) > config["MAX_BATCH_FILES"]:
+        # an explanation costs many forward and backward passes per image: bounded as a
+        # batch of files is, not as plain pixels are
+        raise V2Error(400, f"Attributions are given for at most {config['MAX_BATCH_FILES']} "
+                           "images per request; split the batch, or leave them out.")
     if spec is PIXELS:
         with serving.metrics.stage("preprocess"):
             pixels = _pixels(data)
@@ -219,14 +254,19 @@ def infer(name: str, version: str | None = None):
     requestlog.record_predictions(predictions)
     with serving.metrics.stage("encode"):
         tensors = {"probabilities": np.stack([p.probabilities for p in predictions]),
-                   "digit": [p.digit for p in predictions]}
+                   "digit": [p.digit for p in predictions],
+                   "is_digit": [p.is_digit for p in predictions],
+                   "digit_probability": [p.digit_probability for p in predictions]}
         if explain:
             tensors["attributions"] = np.stack([p.attributions for p in predictions])
         return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
-    """The JSON inference request and the binary data after it (empty without the header)."""
+def _split_body(body: bytes, header_length: str | None,
+                max_images: int | None = None) -> tuple[dict, memoryview]:
+    """The JSON inference request and the binary data after it (empty without the header);
+    with ``max_images``, the JSON's shape is checked against that many images' before it is
+    parsed (``_check_pixels_json``)."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
@@ -238,9 +278,11 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
             raise V2Error(400, f"{HEADER_LENGTH} must be the byte length of the JSON at the "
                                "start of the body.")
         json_part, binary = body[:length], memoryview(body)[length:]
+    if max_images is not None:
+        _check_pixels_json(json_part, max_images)
     try:
-        query = json.loads(json_part)
-    except ValueError:  # includes UnicodeDecodeError
+        query = orjson.loads(json_part)
+    except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, nesting > 1,024
         query = None
     if not isinstance(query, dict):
         raise V2Error(400, "The body must be a JSON inference request object "
@@ -250,6 +292,21 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
     if request_id is not None and not isinstance(request_id, str):
         raise V2Error(400, 'The request "id" must be a string.')
     return query, binary
+
+
+def _check_pixels_json(json_part: bytes, max_images: int) -> None:
+    """Refuse, before parsing, JSON with more arrays, objects or values than ``max_images``
+    images need: parsed, each costs a Python object (an empty list 56 bytes, a float 24, plus
+    8 in its list), so a body within the byte limit written as ``[],[],...`` or ``1.5,1.5,...``
+    would take 10-20 times its size in memory. Counting brackets and commas bounds the parsed
+    request by what the largest legitimate one takes (nested: one array per image and per
+    row; a comma between values), whatever strings may hide inside it."""
+    containers = json_part.count(b"[") + json_part.count(b"{")
+    values = json_part.count(b",")
+    if containers > max_images * (1 + SIDE) + 64 or values > max_images * SIDE * SIDE + 64:
+        raise V2Error(400, f"The request holds more JSON arrays or values than {max_images} "
+                           "28x28 images need; send at most that many, as one flat or nested "
+                           "list per input.")
 
 
 def _input_data(query: dict, spec: TensorSpec, binary: memoryview, max_batch: int,
@@ -355,7 +412,8 @@ def _requested_outputs(query: dict) -> list[tuple[str, bool]]:
         raise V2Error(400, f'"outputs" must list some of {OUTPUT_NAMES}, or be left out.')
     wanted = []
     for output in asked:
-        if not isinstance(output, dict) or output.get("name") not in OUTPUTS:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str) \
+                or output["name"] not in OUTPUTS:
             raise V2Error(400, f"The outputs are {OUTPUT_NAMES}.")
         output_parameters = output.get("parameters") or {}
         binary = (output_parameters.get("binary_data", default_binary)
@@ -389,13 +447,13 @@ def _infer_response(model_name: str, version: str, request_id: str | None,
             chunks.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = array.ravel()  # orjson writes numpy arrays itself
         entries.append(entry)
     body = {"model_name": model_name, "model_version": version}
     if request_id is not None:
         body["id"] = request_id
     body["outputs"] = entries
-    header = json.dumps(body, separators=(",", ":")).encode()
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return Response(header, content_type="application/json")
     response = Response(b"".join([header, *chunks]), content_type="application/octet-stream")

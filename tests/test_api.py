@@ -61,7 +61,8 @@ def test_predict_multipart(client, tiny_model_path):
     response = client.post("/predict", data=upload(digit_png()))
     assert response.status_code == 200
     body = response.get_json()
-    assert list(body) == ["digit", "confidence", "probabilities", "model"]
+    assert list(body) == ["digit", "confidence", "probabilities", "is_digit", "digit_probability",
+                          "model"]
     assert_prediction(body, tiny_model_path)
 
 
@@ -207,7 +208,7 @@ def test_unexpected_error_is_a_bare_500_and_logged(app, client, monkeypatch, cap
     def broken(images):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(get_serving(app).model, "predict", broken)
+    monkeypatch.setattr(get_serving(app).model, "answer", broken)
     response = client.post("/predict", data=upload(digit_png()))
     error = assert_error(response, 500, "internal_error")
     assert "secret internals" not in error["message"]
@@ -367,7 +368,7 @@ def test_one_prediction_computes_at_a_time_per_worker(app, client, monkeypatch):
     """Concurrent /predict requests take turns in the worker's compute slot (threads trading
     the GIL cost more than waiting), and a route holding it may call helpers that take it."""
     model = get_serving(app).model
-    real_predict, inside, overlaps = model.predict, [], []
+    real_predict, inside, overlaps = model.answer, [], []
     lock = threading.Lock()
 
     def predict(images):
@@ -380,7 +381,7 @@ def test_one_prediction_computes_at_a_time_per_worker(app, client, monkeypatch):
             with lock:
                 inside.pop()
 
-    monkeypatch.setattr(model, "predict", predict)
+    monkeypatch.setattr(model, "answer", predict)
     png = digit_png()
     statuses = []
 

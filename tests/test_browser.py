@@ -11,6 +11,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -280,3 +281,17 @@ def test_number_mode_reads_a_file_then_a_drawing(page):
     page.get_by_label("One digit").check()  # back: a square canvas and the ten bars
     sync_api.expect(page.locator("#bars")).to_be_visible()
     sync_api.expect(page.locator("#number-digits")).to_be_hidden()
+
+
+def test_a_drawing_that_is_not_a_digit_is_said_so_with_the_closest_guess(page):
+    """A star: the model's decision refuses it, and the page says so and still shows the
+    closest digit with its (low) confidence."""
+    points = [(0.5 + 0.38 * np.cos(a), 0.5 + 0.38 * np.sin(a))
+              for a in np.deg2rad(np.arange(6) * 144 - 90)]
+    draw(page, [points])
+    expect = sync_api.expect
+    expect(page.locator("#status")).to_contain_text("doesn't look like a digit",
+                                                    timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_contain_text("closest guess")
+    expect(page.locator("#digit")).not_to_have_text("–")
+    expect(page.locator("#bars li.top")).to_have_count(1)

@@ -509,10 +509,13 @@ def running(engine: Engine, image: str, model: Path | None = None):
 
 def assert_predicts(container: Container) -> None:
     assert container.fetch("GET", "/readyz")[0] == 200
-    status, raw = container.fetch("POST", "/predict", *upload(digit_png(200)))
+    # ?plain=1: the briefly trained model may not take the drawing for a digit (422)
+    status, raw = container.fetch("POST", "/predict?plain=1", *upload(digit_png(200)))
     assert status == 200, raw[:500]
     answer = json.loads(raw)
-    assert answer["digit"] in range(10) and abs(sum(answer["probabilities"]) - 1) < 1e-3, answer
+    # the ten probabilities sum to the probability of "a digit" (1 without a decision)
+    assert answer["digit"] in range(10) and abs(
+        sum(answer["probabilities"]) - answer["digit_probability"]) < 1e-3, answer
 
 
 def test_image_runs_as_a_numeric_non_root_user_and_keeps_no_pip_settings(engine, image):

@@ -93,7 +93,8 @@ def test_v2_attributions_output_as_json_and_binary(client, model):
 def test_v2_requests_naming_no_outputs_are_not_explained(client):
     before = scrape(client)
     head, _ = split_response(infer(client, pixels_request(strokes(2))))
-    assert [o["name"] for o in head["outputs"]] == ["probabilities", "digit"]
+    assert [o["name"] for o in head["outputs"]] == ["probabilities", "digit", "is_digit",
+                                                 "digit_probability"]
     after = scrape(client)
     name = ('digitgrad_stage_duration_seconds_count{route="/v2/models/<name>/infer",'
             'stage="explain"}')

@@ -39,7 +39,8 @@ def test_serves_predicts_counts_across_workers_and_stops_gracefully(server):
     png = digit_png()
     status, body = request(base + "/predict", png, {"Content-Type": "image/png"})
     assert status == 200
-    assert set(json.loads(body)) == {"digit", "confidence", "probabilities", "model"}
+    assert set(json.loads(body)) == {"digit", "confidence", "probabilities", "is_digit",
+                                     "digit_probability", "model"}
 
     # Keep predicting, concurrently, until both workers have answered some (each writes its
     # own counter file): the scrape must then report the sum over both.

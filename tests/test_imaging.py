@@ -616,7 +616,7 @@ def test_realistic_uploads_are_recognised(trained_model_path):
 
     module, metadata = load(trained_model_path)
     samples = uploads.build_set(100, seed=7)
-    predicted, _ = uploads.evaluate_uploads(module, metadata["preprocessing"], samples)
+    predicted, _, _ = uploads.evaluate_uploads(module, metadata["preprocessing"], samples)
     labels = np.array([s.label for s in samples])
     accuracy = float(np.mean(predicted == labels))
     wrong = [(s.label, int(p), s.tags) for s, p in zip(samples, predicted) if p != s.label]

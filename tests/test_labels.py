@@ -60,7 +60,8 @@ def test_mnist_models_answer_without_label(tmp_path):
     path = tmp_path / "mnist.npz"
     save(small_cnn(), path, {"preprocessing": PREPROCESSING})
     answers = predict(path, "/model")
-    assert list(answers["/predict"]) == ["digit", "confidence", "probabilities", "model"]
+    assert list(answers["/predict"]) == ["digit", "confidence", "probabilities", "is_digit",
+                                         "digit_probability", "model"]
     assert "classes" not in answers["/model"]
 
 
@@ -74,7 +75,8 @@ def test_a_version_1_mlp_file_still_loads_and_serves(tmp_path):
     np.savez(path, **model.state_dict(), **{META_KEY: np.array(json.dumps(meta))})
     answers = predict(path, "/readyz", "/model")
     assert answers["/readyz"]["status"] == "ready"
-    assert list(answers["/predict"]) == ["digit", "confidence", "probabilities", "model"]
+    assert list(answers["/predict"]) == ["digit", "confidence", "probabilities", "is_digit",
+                                         "digit_probability", "model"]
     assert answers["/model"]["architecture"] == model.config()
 
 

@@ -43,9 +43,9 @@ def test_digits_left_to_right_with_boxes_in_one_forward_pass(client, monkeypatch
     data, starts = number_png("5810", gap=30)
     model = get_serving(client.application).model
     batches = []
-    predict = model.predict
-    monkeypatch.setattr(model, "predict", lambda images: batches.append(images.shape)
-                        or predict(images))
+    answer = model.answer
+    monkeypatch.setattr(model, "answer", lambda images: batches.append(images.shape)
+                        or answer(images))
     response = client.post("/predict/number", data={"image": (io.BytesIO(data), "n.png")})
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
@@ -57,7 +57,7 @@ def test_digits_left_to_right_with_boxes_in_one_forward_pass(client, monkeypatch
     assert len(digits) == 4
     width, height = Image.open(io.BytesIO(data)).size
     for entry, start in zip(digits, starts):
-        assert set(entry) == {"digit", "confidence", "box"}
+        assert set(entry) == {"digit", "confidence", "is_digit", "digit_probability", "box"}
         assert 0 <= entry["confidence"] <= 1
         x, y, w, h = entry["box"]
         assert 0 <= x and 0 <= y and x + w <= width and y + h <= height

@@ -47,7 +47,8 @@ def export_and_session(network, tmp_path: Path, preprocessing: dict | None):
 
 def assert_same(loaded: LoadedModel, session, images: np.ndarray) -> float:
     """Same probabilities within TOLERANCE and the same digits; the largest difference."""
-    probabilities, digits = session.run(None, {"pixels": images.astype(np.float32)})
+    probabilities, digits = session.run(["probabilities", "digit"],
+                                        {"pixels": images.astype(np.float32)})
     # in batches: a convolution's patches for 10,000 images at once would take ~1 GB
     expected = np.concatenate([loaded.predict(images[i:i + 1000])
                                for i in range(0, len(images), 1000)])
@@ -121,3 +122,35 @@ def test_onnxruntime_matches_the_engine_on_the_mnist_test_set(tmp_path, mnist_di
             network, tmp_path, preprocessing_config(0.1307, 0.3081))
     assert len(images) == 10_000
     assert_same(loaded, session, images)
+
+
+def test_a_not_a_digit_decision_is_exported_as_the_server_decides(tmp_path):
+    """Temperature, probabilities over eleven outputs, is_digit and digit_probability: the
+    same numbers from onnxruntime as from the served model, on both sides of the threshold."""
+    from models.decision import Decision
+
+    rng = np.random.default_rng(3)
+    network = ConvNetwork(dim_output=11, channels=(4, 8), hidden_dims=(16,), rng=rng)
+    images = rng.random((64, 28, 28))
+    model_path, onnx_path = tmp_path / "model.npz", tmp_path / "model.onnx"
+    # a threshold at the median log-odds: half the images are refused
+    save(network, model_path, {"preprocessing": preprocessing_config(0.1307, 0.3081),
+                               "decision": Decision(0.0, 1.7).to_metadata()})
+    median = float(np.median(LoadedModel(model_path).answer(images).digit_log_odds))
+    save(network, model_path, {"preprocessing": preprocessing_config(0.1307, 0.3081),
+                               "decision": Decision(median, 1.7).to_metadata()})
+    assert main([str(model_path), str(onnx_path)]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["probabilities", "digit", "is_digit", "digit_probability"]
+    got = dict(zip(names, session.run(None, {"pixels": images.astype(np.float32)})))
+    expected = LoadedModel(model_path).answer(images)
+    np.testing.assert_allclose(got["probabilities"], expected.probabilities, atol=TOLERANCE)
+    np.testing.assert_allclose(got["digit_probability"], expected.digit_probability,
+                               atol=TOLERANCE)
+    near = np.abs(expected.digit_log_odds - median) < 1e-4  # a float32 tie may go either way
+    assert (got["is_digit"][~near] == expected.is_digit[~near]).all()
+    assert 0 < expected.is_digit.sum() < len(images)
+    assert (got["digit"] == expected.probabilities.argmax(axis=1)).all()
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert '"threshold"' in props["digitgrad.decision"]

@@ -23,6 +23,7 @@ import trainer.run
 from autodiff import ComputationGraphNode, no_grad
 from models import load, read_checkpoint, to_model_input
 from models.archive import META_KEY
+from models.decision import Decision, scores
 from trainer.augment import (
     CLOTHES,
     AugmentConfig,
@@ -77,11 +78,13 @@ def run(tmp_path: Path, data_dir: Path, *flags: str, out: str = "model.npz",
     """main() on small defaults (a small MLP unless ``arch`` says otherwise), into tmp_path.
 
     No augmentation unless ``flags`` ask for it (``--augment``): the synthetic digits are random
-    pixel patterns, which warps scramble rather than vary.
+    pixel patterns, which warps scramble rather than vary. No generated not-digits or pen
+    digits either (the same reason; tests/test_not_a_digit.py trains with them on MNIST).
     """
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / out),
             "--checkpoint-dir", str(tmp_path / ckpt), *arch,
-            "--train-size", "400", "--batch-size", "32", "--no-augment", *flags]
+            "--train-size", "400", "--batch-size", "32", "--no-augment", "--not-digits", "0",
+            "--pen-digits", "0", *flags]
     return cli.main(argv)
 
 
@@ -333,7 +336,7 @@ def test_augmentation_is_on_by_default_and_can_be_turned_off(tmp_path, synth_dir
     def trained(*flags: str) -> bool:
         argv = ["--data-dir", str(synth_dir), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
                 str(tmp_path / "ck"), "--arch", "mlp", "--hidden-dim", "8", "--train-size", "64",
-                "--epochs", "1", "--quiet", *flags]
+                "--epochs", "1", "--not-digits", "0", "--pen-digits", "0", "--quiet", *flags]
         assert cli.main(argv) == 0
         training = load(tmp_path / "m.npz")[1]["training"]
         return tuple(training[k] for k in ("augment", "elastic", "blur", "lowres"))
@@ -486,7 +489,8 @@ def test_lab_pickle_data_file(tmp_path):
     with gzip.open(path, "wb") as f:
         pickle.dump(tuple(splits), f, protocol=2)
     argv = ["--data-file", str(path), "--out", str(tmp_path / "m.npz"), "--checkpoint-dir",
-            str(tmp_path / "ck"), *SMALL_MLP, "--epochs", "2", "--no-augment", "--quiet"]
+            str(tmp_path / "ck"), *SMALL_MLP, "--epochs", "2", "--no-augment", "--not-digits", "0",
+            "--pen-digits", "0", "--quiet"]
     assert cli.main(argv) == 0
     _, meta = load(tmp_path / "m.npz")
     assert list(meta["data"]) == ["mnist.pkl.gz"]
@@ -519,8 +523,11 @@ def test_short_real_training_run(tmp_path, mnist_dir):
     test = load_mnist(mnist_dir).test
     with no_grad():
         logits = model(ComputationGraphNode(to_model_input(test.images, meta["preprocessing"])))
-    accuracy = float(np.mean(logits.value.argmax(axis=1) == test.labels))
+    # the answer is the likeliest digit (models.decision), whatever the not-a-digit output says
+    answers = scores(logits.value, Decision.from_metadata(meta, model.dim_output))
+    accuracy = float(np.mean(answers.probabilities.argmax(axis=1) == test.labels))
     assert accuracy == meta["metrics"]["test_accuracy"]
+    assert meta["metrics"]["test_refused"] < 0.05 and meta["metrics"]["test_ece"] < 0.05
 
 
 def test_conftest_trained_model_is_good_enough_to_serve(trained_model_path):

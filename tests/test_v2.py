@@ -13,7 +13,12 @@ from drawing import digit_png
 from test_api import blank_png, scrape
 
 from server import v2
+from server.bodies import FRAMING_BYTES
+from server.inference import PREDICT_CHUNK, Busy
+from server.model import LoadedModel
 from server.state import get_serving
+
+MAX_TENSOR_IMAGES = 4
 
 TOKEN = "do-not-echo-7f3a"
 SECRET = f"<script>{TOKEN}</script>"
@@ -21,7 +26,8 @@ SECRET = f"<script>{TOKEN}</script>"
 
 @pytest.fixture
 def app(make_app):
-    return make_app(MAX_BATCH_FILES=4, MAX_UPLOAD_BYTES=60_000)
+    return make_app(MAX_BATCH_FILES=4, MAX_UPLOAD_BYTES=60_000,
+                    MAX_TENSOR_IMAGES=MAX_TENSOR_IMAGES)
 
 
 @pytest.fixture
@@ -108,6 +114,8 @@ def test_model_metadata_lists_the_real_tensors_and_the_model_id(client, model, n
             "inputs": [tensor],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
                         {"name": "digit", "datatype": "INT64", "shape": [-1]},
+                        {"name": "is_digit", "datatype": "BOOL", "shape": [-1]},
+                        {"name": "digit_probability", "datatype": "FP32", "shape": [-1]},
                         {"name": "attributions", "datatype": "FP32", "shape": [-1, 28, 28]}],
         }
         ready = client.get(path + "/ready")
@@ -142,13 +150,17 @@ def test_json_pixels_give_the_models_probabilities_and_echo_the_id(client, model
     assert body["model_name"] == "digitgrad" and body["model_version"] == model.model_id
     assert body["id"] == "req-42"
     outputs = {o["name"]: o for o in body["outputs"]}
-    assert list(outputs) == ["probabilities", "digit"]
+    assert list(outputs) == ["probabilities", "digit", "is_digit", "digit_probability"]
     expected = model.predict(images)
     probabilities = outputs["probabilities"]
     assert probabilities["datatype"] == "FP32" and probabilities["shape"] == [3, 10]
     np.testing.assert_allclose(np.reshape(probabilities["data"], (3, 10)), expected, atol=1e-6)
     assert outputs["digit"] == {"name": "digit", "datatype": "INT64", "shape": [3],
                                 "data": expected.argmax(axis=1).tolist()}
+    # a model file without a decision calls everything a digit
+    assert outputs["is_digit"] == {"name": "is_digit", "datatype": "BOOL", "shape": [3],
+                                   "data": [True] * 3}
+    assert outputs["digit_probability"]["data"] == [1.0] * 3
 
 
 def test_nested_json_data_and_json_content_type_are_accepted(client, model):
@@ -171,12 +183,14 @@ def test_binary_pixels_in_and_binary_outputs_out(client, model):
     header, data = split_response(response)
     assert header["id"] == "b1"
     sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
-    assert sizes == [2 * 10 * 4, 2 * 8] and len(data) == sum(sizes)
+    assert sizes == [2 * 10 * 4, 2 * 8, 2, 2 * 4] and len(data) == sum(sizes)
     probabilities = np.frombuffer(data[:80], "<f4").reshape(2, 10)
-    digits = np.frombuffer(data[80:], "<i8")
+    digits = np.frombuffer(data[80:96], "<i8")
     expected = model.predict(images)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
     assert digits.tolist() == expected.argmax(axis=1).tolist()
+    assert np.frombuffer(data[96:98], "?").tolist() == [True, True]  # BOOL: one byte each
+    assert np.frombuffer(data[98:], "<f4").tolist() == [1.0, 1.0]
 
 
 def test_outputs_subset_in_the_order_asked_binary_per_output(client, model):
@@ -290,8 +304,15 @@ def test_bad_requests_are_400(client, body):
 
 
 def test_nan_pixels_are_400(client):
+    # NaN is no JSON number (RFC 8259): refused by the parser; binary data can hold one
     data = json.dumps(pixels_request(strokes(1))).replace("0.0", "NaN", 1).encode()
-    assert "[0, 1]" in assert_v2_error(infer(client, data), 400)
+    assert "JSON inference request" in assert_v2_error(infer(client, data), 400)
+    pixels = strokes(1).astype("<f4")
+    pixels[0, 0, 0] = np.nan
+    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28],
+                         "parameters": {"binary_data_size": pixels.nbytes}}]}
+    body, headers = binary_request(query, pixels.tobytes())
+    assert "[0, 1]" in assert_v2_error(infer(client, body, headers), 400)
 
 
 @pytest.mark.parametrize("header_length", ["-1", "abc", "999999"])
@@ -324,15 +345,18 @@ def test_malformed_binary_bytes_are_400(client, payload):
 
 
 def test_body_over_the_limit_is_413_before_parsing(client, monkeypatch):
+    # pixels: the bytes MAX_TENSOR_IMAGES images may take as JSON, not one upload's limit
     monkeypatch.setattr(v2, "_split_body", lambda *a: pytest.fail("parsed an oversized body"))
-    message = assert_v2_error(infer(client, b"{" + b" " * 60_001 + b"}"), 413)
-    assert "60000 bytes" in message
+    limit = MAX_TENSOR_IMAGES * v2.IMAGE_JSON_BYTES + FRAMING_BYTES
+    assert limit == 4 * 784 * 24 + 64 * 1024
+    message = assert_v2_error(infer(client, b"{" + b" " * limit + b"}"), 413)
+    assert f"{limit} bytes" in message
 
 
 def test_chunked_body_over_the_limit_is_413(client):
     """Without Content-Length, as gunicorn passes chunked bodies on (input terminated)."""
     response = client.post("/v2/models/digitgrad/infer",
-                           input_stream=io.BytesIO(b"{" + b" " * 70_000 + b"}"),
+                           input_stream=io.BytesIO(b"{" + b" " * 150_000 + b"}"),
                            environ_overrides={"wsgi.input_terminated": True})
     assert_v2_error(response, 413)
 
@@ -358,3 +382,97 @@ def test_metrics_count_v2_routes_by_template_and_time_each_stage(client):
     }
     for name, delta in expected.items():
         assert after.get(name, 0.0) - before.get(name, 0.0) == delta, name
+
+
+# --- batches by cost, JSON bounds, overload -------------------------------------------------
+
+
+def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(make_app,
+                                                                          monkeypatch):
+    app = make_app(MAX_TENSOR_IMAGES=1024)
+    model = get_serving(app).model
+    sizes = []
+    predict = LoadedModel.predict
+    monkeypatch.setattr(LoadedModel, "predict",
+                        lambda self, images: sizes.append(len(images)) or predict(self, images))
+    rng = np.random.default_rng(0)
+    images = rng.random((1024, 28, 28), dtype=np.float32)
+    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1024, 28, 28],
+                         "parameters": {"binary_data_size": images.nbytes}}]}
+    response = infer(app.test_client(), *binary_request(query, images.tobytes()))
+    assert response.status_code == 200, response.get_data()
+    assert sizes == [PREDICT_CHUNK] * (1024 // PREDICT_CHUNK)
+    outputs = {o["name"]: o for o in split_response(response)[0]["outputs"]}
+    assert outputs["digit"]["data"] == predict(model, images).argmax(axis=1).tolist()
+    query["inputs"][0]["shape"][0] = 1025
+    assert "1 to 1024 images" in assert_v2_error(infer(app.test_client(), *binary_request(
+        query, np.zeros((1025, 28, 28), np.float32).tobytes())), 400)
+
+
+def test_deep_nesting_is_400_not_a_recursion_error(client):
+    deep = b"{\"inputs\": " + b"[" * 50_000 + b"]" * 50_000 + b"}"  # within the size limit
+    assert_v2_error(infer(client, deep), 400)
+
+
+@pytest.mark.parametrize("name", [["probabilities"], {"a": 1}, 3, None])
+def test_an_output_name_that_is_no_string_is_400(client, name):
+    assert_v2_error(infer(client, pixels_request(strokes(1), outputs=[{"name": name}])), 400)
+
+
+def test_a_lone_surrogate_is_400(client):
+    query = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    body = json.dumps(query).replace('"x"', '"\\ud800"').encode()
+    assert_v2_error(infer(client, body, model="digitgrad-image"), 400)
+
+
+def test_beyond_the_queue_requests_are_shed_with_503_and_counted(make_app):
+    app = make_app(MAX_QUEUED_REQUESTS=0)
+    client = app.test_client()
+    slots = get_serving(app).inference.slots
+    with slots:  # a request holds the worker's one compute slot; none may wait
+        assert slots.full()
+        # refused before the body is read
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(v2, "_split_body", lambda *a: pytest.fail("read a shed request"))
+            response = infer(client, pixels_request(strokes(1)))
+        assert "busy" in assert_v2_error(response, 503)
+        assert response.headers["Retry-After"] == "1"
+        response = client.post("/predict", data=digit_png(), content_type="image/png")
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.get_json()["error"]["code"] == "overloaded"
+        with pytest.raises(Busy), slots:  # the slot's own check, as when the line filled
+            pass                          # after the early one
+    assert not slots.full()  # every request that took its place in line left it
+    assert infer(client, pixels_request(strokes(1))).status_code == 200
+    assert scrape(client)['digitgrad_rejections_total{reason="overloaded"}'] == 2
+
+
+@pytest.mark.parametrize("filler", [b"[],", b"1.5,"])
+def test_json_of_more_values_than_the_images_need_is_refused_unparsed(client, monkeypatch,
+                                                                      filler):
+    # within the body limit, but parsed it would take 10-20 times its size in memory
+    count = MAX_TENSOR_IMAGES * 784 + 100
+    body = b'{"inputs": [{"data": [' + filler * count + b"0]}]}"
+    assert len(body) < MAX_TENSOR_IMAGES * v2.IMAGE_JSON_BYTES + FRAMING_BYTES
+    with monkeypatch.context() as patch:
+        patch.setattr(v2.orjson, "loads", lambda *a: pytest.fail("parsed a bomb"))
+        response = infer(client, body)
+    assert "more JSON arrays or values" in assert_v2_error(response, 400)
+
+
+def test_the_largest_nested_json_request_passes_the_shape_check(client):
+    images = strokes(MAX_TENSOR_IMAGES)
+    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": list(images.shape),
+                         "data": images.tolist()}]}  # one list per image and per row
+    assert infer(client, query).status_code == 200
+
+
+def test_attributions_are_bounded_like_a_batch_of_files(make_app):
+    # pixels up to 8, files and attributions up to 4: an explanation costs many passes an image
+    client = make_app(MAX_TENSOR_IMAGES=8, MAX_BATCH_FILES=4).test_client()
+    images = np.concatenate([strokes(4), strokes(4)])
+    wanted = {"outputs": [{"name": "digit"}, {"name": "attributions"}]}
+    assert infer(client, pixels_request(images[:4], **wanted)).status_code == 200
+    assert infer(client, pixels_request(images)).status_code == 200
+    message = assert_v2_error(infer(client, pixels_request(images, **wanted)), 400)
+    assert "at most 4 images" in message

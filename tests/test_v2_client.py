@@ -11,18 +11,22 @@ from drawing import digit_png
 from serving import request, running_gunicorn
 
 from models import DeepNetwork, preprocessing_config, save
+from server import v2
+from server.bodies import FRAMING_BYTES
 from server.model import LoadedModel
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MAX_UPLOAD_BYTES = 60_000
+MAX_TENSOR_IMAGES = 4
 
 
 def serve(model_path, tmp_path):
     """gunicorn (2 workers) serving model_path until the block ends; yields the base URL."""
     return running_gunicorn(model_path, tmp_path / "gunicorn.log", tmp_path / "prometheus",
-                            MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES))
+                            MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+                            MAX_TENSOR_IMAGES=str(MAX_TENSOR_IMAGES))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,8 @@ def test_health_and_metadata(triton, server):
         inputs = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
         assert inputs == [tensor]
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
-            ("probabilities", "FP32"), ("digit", "INT64"), ("attributions", "FP32")]
+            ("probabilities", "FP32"), ("digit", "INT64"), ("is_digit", "BOOL"),
+            ("digit_probability", "FP32"), ("attributions", "FP32")]
     assert not triton.is_model_ready("mnist")
     assert not triton.is_model_ready("digitgrad", "0123456789ab")
     assert refused(lambda: triton.get_model_metadata("mnist"))[0] == "404"
@@ -166,9 +171,9 @@ def test_errors_reach_the_client_with_the_protocols_status(triton, server):
     out_of_range = pixels_input(strokes(1) * 255, binary=True)
     assert refused(lambda: triton.infer("digitgrad", [out_of_range]))[0] == "400"
 
-    too_many = pixels_input(strokes(1).repeat(17, axis=0), binary=True)
+    too_many = pixels_input(strokes(1).repeat(MAX_TENSOR_IMAGES + 1, axis=0), binary=True)
     status, message = refused(lambda: triton.infer("digitgrad", [too_many]))
-    assert status == "400" and "1 to 16 images" in message
+    assert status == "400" and f"1 to {MAX_TENSOR_IMAGES} images" in message
 
     status, message = refused(lambda: triton.infer(
         "digitgrad-image", [images_input([digit_png(), b"not an image"])]))
@@ -178,13 +183,15 @@ def test_errors_reach_the_client_with_the_protocols_status(triton, server):
     assert refused(lambda: triton.infer("digitgrad", [pixels_input(strokes(1), True)],
                                         model_version="1"))[0] == "404"
 
-    # 16 images as binary data fit the limit; as JSON text they are over 60 kB and refused
-    # before the body is parsed. (gunicorn then drops the connection rather than drain more
-    # than 64 KiB of an unread body, so this goes last on this client's connection.)
-    assert triton.infer("digitgrad", [pixels_input(np.zeros((16, 28, 28), np.float32), True)])
+    # A body longer than MAX_TENSOR_IMAGES images can take as JSON is refused before it is
+    # parsed. (gunicorn then drops the connection rather than drain more than 64 KiB of an
+    # unread body, so this goes last on this client's connection.)
+    shape = (MAX_TENSOR_IMAGES, 28, 28)
+    assert triton.infer("digitgrad", [pixels_input(np.zeros(shape, np.float32), True)])
     big = pixels_input(np.full((16, 28, 28), 0.123456, np.float32), binary=False)
     status, message = refused(lambda: triton.infer("digitgrad", [big]))
-    assert status == "413" and str(MAX_UPLOAD_BYTES) in message
+    limit = MAX_TENSOR_IMAGES * v2.IMAGE_JSON_BYTES + FRAMING_BYTES
+    assert status == "413" and str(limit) in message
 
     status, body = request(base + "/metrics")
     text = body.decode()
@@ -209,9 +216,10 @@ def test_mnist_pixels_through_the_client_match_the_in_process_model(
     expected = model.predict(images)
     with serve(trained_model_path, tmp_path) as (base, _process), \
             httpclient.InferenceServerClient(base.removeprefix("http://")) as triton:
-        for start in range(0, len(images), 16):
-            batch = images[start:start + 16]
+        for start in range(0, len(images), MAX_TENSOR_IMAGES):
+            batch = images[start:start + MAX_TENSOR_IMAGES]
             result = triton.infer("digitgrad", [pixels_input(batch, binary=True)])
             np.testing.assert_allclose(result.as_numpy("probabilities"),
-                                       expected[start:start + 16], atol=1e-6)
-            assert (result.as_numpy("digit") == expected[start:start + 16].argmax(1)).all()
+                                       expected[start:start + MAX_TENSOR_IMAGES], atol=1e-6)
+            assert (result.as_numpy("digit")
+                    == expected[start:start + MAX_TENSOR_IMAGES].argmax(1)).all()

@@ -20,6 +20,9 @@ _VERSION_1_CONFIG = {"dataset": "mnist", "arch": "mlp", "elastic": False, "blur"
                      "lowres": False}
 #: What a checkpoint written before the config named flag_ones meant: none were added.
 _BEFORE_FLAG_ONES = {"flag_ones": False}
+#: What a checkpoint written before the generated images (trainer.synthetic) meant: none, a
+#: ten-output model.
+_BEFORE_SYNTHETIC = {"not_digits": 0, "pen_digits": 0}
 #: Config fields renamed since: old name -> the name TrainConfig knows (the CNN's dense widths
 #: were fc_dims, hidden_dims as in ConvNetwork now).
 _RENAMED = {"fc_dims": "hidden_dims"}
@@ -76,7 +79,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         values = dict(meta["config"])
         if meta["format_version"] == 1:
             values = {**_VERSION_1_CONFIG, **values}
-        values = {**_BEFORE_FLAG_ONES, **values}
+        values = {**_BEFORE_FLAG_ONES, **_BEFORE_SYNTHETIC, **values}
         values = {_RENAMED.get(name, name): value for name, value in values.items()}
         config = TrainConfig.from_dict(values)
         state = TrainState(**meta["state"])

@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "tanh)", choices=("relu", "tanh"))
 
     train = parser.add_argument_group("training")
-    hyper(train, "--epochs", "epochs in total (with --resume: the new total)",
+    hyper(train, "--epochs", "epochs in total (with --resume: the new total; default: 18 for "
+                             "the MNIST CNN, 20 otherwise)",
           type=_positive_int, metavar="N")
     hyper(train, "--batch-size", "images per optimizer step", type=_positive_int, metavar="N")
     hyper(train, "--lr", "peak learning rate (default: "
@@ -167,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "images, once before training, so that typed 1s are not read "
                                 "as 7s (default: on for mnist, never fashion-mnist)",
           action=argparse.BooleanOptionalAction)
+    hyper(train, "--not-digits", "generated images that are not digits (letters, symbols, "
+                                 "doodles, textures) added to the training set as an eleventh "
+                                 "class, so that the model and its file can refuse them "
+                                 "(0: none, a ten-output model that answers a digit for "
+                                 "anything; default: 6000 for mnist, 0 for fashion-mnist)",
+          type=_non_negative_int, metavar="N")
+    hyper(train, "--pen-digits", "generated pen-drawn digits (tremor, pen widths, open 4s, "
+                                 "crossed 7s, flagged 1s...) added to the training set "
+                                 "(default: 3000 for mnist, 0 for fashion-mnist)",
+          type=_non_negative_int, metavar="N")
     hyper(train, "--patience", "stop after N epochs without a better validation accuracy "
                                "(0: never)", type=_non_negative_int, metavar="N")
     hyper(train, "--seed", "same seed and flags give identical parameter arrays",
@@ -213,6 +224,9 @@ def parse(argv: list[str]) -> Job:
     if config.flag_ones and config.dataset != "mnist":
         raise UsageError(f"--flag-ones draws flags on handwritten 1s; --dataset {config.dataset} "
                          "has no digits: drop --flag-ones")
+    if (config.not_digits or config.pen_digits) and config.dataset != "mnist":
+        raise UsageError(f"--not-digits and --pen-digits generate digits and what is not one; "
+                         f"--dataset {config.dataset} has no digits: pass 0 or drop them")
     if args["data_dir"] and args["data_file"]:
         raise UsageError("pass either --data-dir or --data-file, not both")
     if args["data_file"] and config.dataset != "mnist":

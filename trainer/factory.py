@@ -19,10 +19,12 @@ def build_model(config: TrainConfig) -> Module:
     Raises ValueError (saying which setting) when the CNN's settings do not fit together.
     """
     rng = np.random.default_rng(config.seed)
+    # the eleventh output scores "not a digit" (models.decision)
+    outputs = CLASSES + 1 if config.not_digits else CLASSES
     if config.arch == "mlp":
-        return DeepNetwork(IMAGE_SIZE * IMAGE_SIZE, CLASSES, config.hidden_dim, config.layers,
+        return DeepNetwork(IMAGE_SIZE * IMAGE_SIZE, outputs, config.hidden_dim, config.layers,
                            tanh=config.activation == "tanh", rng=rng)
-    return ConvNetwork(CLASSES, 1, IMAGE_SIZE, channels=config.channels,
+    return ConvNetwork(outputs, 1, IMAGE_SIZE, channels=config.channels,
                        kernel_sizes=config.kernel_sizes, paddings=config.paddings,
                        pool=2, hidden_dims=config.hidden_dims, rng=rng)
 

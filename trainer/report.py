@@ -113,6 +113,30 @@ def per_class_accuracy(confusion: np.ndarray) -> list[float]:
     return [float(c / t) if t else 0.0 for c, t in zip(np.diag(confusion), totals)]
 
 
+#: Bins of the expected calibration error and the reliability diagram (as in issue 21).
+ECE_BINS = 15
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, mean confidence, accuracy) of each of ``bins`` equal-width confidence bins."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(index, minlength=bins).astype(np.float64)
+    safe = np.maximum(count, 1)
+    mean_confidence = np.bincount(index, confidence, minlength=bins) / safe
+    accuracy = np.bincount(index, correct, minlength=bins) / safe
+    return count, mean_confidence, accuracy
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over the bins."""
+    count, mean_confidence, accuracy = calibration_bins(confidence, correct, bins)
+    return float((count * np.abs(mean_confidence - accuracy)).sum() / max(count.sum(), 1))
+
+
 def format_test_report(accuracy: float, per_class: list[float], confusion: np.ndarray) -> str:
     """Test accuracy, per-class accuracy and the confusion matrix as an aligned text table."""
     lines = [f"test accuracy {100 * accuracy:.2f}%", "per-class accuracy:"]
@@ -126,9 +150,11 @@ def format_test_report(accuracy: float, per_class: list[float], confusion: np.nd
 
 
 def write_plots(stem: Path, history: list[dict], confusion: np.ndarray,
-                mistakes: Sequence[Mistake] = ()) -> list[Path] | None:
-    """Learning curves, the confusion matrix and the gallery of ``mistakes`` as PNGs beside
-    ``stem``; None when matplotlib is not installed."""
+                mistakes: Sequence[Mistake] = (),
+                reliability: tuple[np.ndarray, np.ndarray] | None = None) -> list[Path] | None:
+    """Learning curves, the confusion matrix, the gallery of ``mistakes`` and, given the test
+    set's (confidence, correct), the reliability diagram, as PNGs beside ``stem``; None when
+    matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -139,6 +165,8 @@ def write_plots(stem: Path, history: list[dict], confusion: np.ndarray,
     written = [_learning_curves(plt, stem, history), _confusion_heatmap(plt, stem, confusion)]
     if mistakes:
         written.append(_mistakes_gallery(plt, stem, mistakes))
+    if reliability is not None:
+        written.append(_reliability_diagram(plt, stem, *reliability))
     plt.close("all")
     return written
 
@@ -182,6 +210,30 @@ def _confusion_heatmap(plt, stem: Path, confusion: np.ndarray) -> Path:
                     color="black" if bright else "white")
     fig.tight_layout()
     return _save_figure(fig, stem.with_name(stem.name + ".confusion.png"))
+
+
+def _reliability_diagram(plt, stem: Path, confidence: np.ndarray, correct: np.ndarray) -> Path:
+    """Accuracy per confidence bin (bars) beside the bin's mean confidence (dots), the diagonal,
+    and how many images each bin holds (a log scale: most answers are sure)."""
+    count, mean_confidence, accuracy = calibration_bins(confidence, correct)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    used = count > 0
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(edges[:-1][used], accuracy[used], width=1 / ECE_BINS, align="edge",
+           edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    centres = (edges[:-1] + 0.5 / ECE_BINS)[used]
+    ax.plot(centres, mean_confidence[used], "o", color="tab:red", markersize=4,
+            label="mean confidence")
+    ece = expected_calibration_error(confidence, correct)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"reliability on the test set (ECE {100 * ece:.2f}%)")
+    ax.legend(loc="upper left", fontsize="small")
+    ax_count.bar(edges[:-1], count, width=1 / ECE_BINS, align="edge", edgecolor="black")
+    ax_count.set(xlabel="confidence", ylabel="images", yscale="log")
+    fig.tight_layout()
+    return _save_figure(fig, stem.with_name(stem.name + ".reliability.png"))
 
 
 def _mistakes_gallery(plt, stem: Path, mistakes: Sequence[Mistake]) -> Path:

@@ -6,7 +6,11 @@ import shlex
 import sys
 from datetime import datetime, timezone
 
-from models import digitgrad_version, preprocessing_config, save, to_model_input
+import numpy as np
+
+from models import digitgrad_version, preprocessing_config, save
+from models.decision import scores
+from trainer.calibrate import calibrate, calibration_set, logits_of
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
 from trainer.cli import EXIT_FAILURE, EXIT_OK
@@ -14,17 +18,19 @@ from trainer.config import Job, TrainConfig, UsageError
 from trainer.data import DATASETS, MNIST, Split, load_mnist
 from trainer.factory import build_model, build_optimizer
 from trainer.flags import flag_ones
-from trainer.loop import Session, StopFlag, TrainingInterruptedError, evaluate, fit, prepare
+from trainer.loop import Session, StopFlag, TrainingInterruptedError, fit, prepare
 from trainer.mistakes import confident_mistakes
 from trainer.report import (
     Progress,
     confusion_matrix,
+    expected_calibration_error,
     format_test_report,
     per_class_accuracy,
     write_json,
     write_metrics_csv,
     write_plots,
 )
+from trainer.synthetic import add_synthetic
 
 
 def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> TrainConfig:
@@ -119,6 +125,13 @@ def train(job: Job, stop: StopFlag) -> int:
         flagged = len(indices)
         progress.message(f"drew a flag on {flagged:,} of the {len(train_split):,} training images "
                          "(upright 1s; --no-flag-ones leaves them as they are)")
+    if config.not_digits or config.pen_digits:
+        # after the normalisation constants too: they stay those of the data set's images
+        train_split = add_synthetic(train_split, config.pen_digits, config.not_digits,
+                                    config.seed)
+        progress.message(f"added {config.pen_digits:,} pen-drawn digits and "
+                         f"{config.not_digits:,} images that are not digits (--pen-digits, "
+                         "--not-digits)")
     prepared = prepare(train_split, data.val, preprocessing, config.augment_config())
 
     try:
@@ -159,16 +172,28 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
     """Test the best-validation parameters (the test set's only use) and write every output."""
     model, state, config, paths = session.model, session.state, session.config, job.paths
     model.load_state_dict(session.best)
-    test_x = to_model_input(data.test.images, preprocessing)
-    _, test_accuracy, predictions = evaluate(model, test_x, data.test.labels)
+    decision, calibration = None, {}
+    if config.not_digits:
+        decision, calibration = calibrate(
+            model, calibration_set(data.val.images, data.val.labels, config.seed), preprocessing)
+    test = scores(logits_of(model, data.test.images, preprocessing), decision)
+    predictions = test.probabilities.argmax(axis=1)
+    right = predictions == data.test.labels
+    test_accuracy = float(right.mean())
     confusion = confusion_matrix(data.test.labels, predictions)
     per_class = per_class_accuracy(confusion)
+    confidence = test.probabilities.max(axis=1)
     metrics = {
         "val_accuracy": state.best_val_accuracy,
         "test_accuracy": test_accuracy,
         "per_class_accuracy": per_class,
+        # expected calibration error of the answers' confidence (15 bins)
+        "test_ece": round(expected_calibration_error(confidence, right), 5),
         "train_seconds": round(state.train_seconds, 3),
     }
+    if decision is not None:
+        metrics["test_refused"] = float(np.mean(~test.is_digit))
+        metrics["calibration_refused"] = calibration["refused"]
     training = {**config.to_dict(), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                 "stopped_early": state.stopped_early, "train_images": train_images,
                 "flagged_ones": flagged_ones}
@@ -181,6 +206,8 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "digitgrad_version": digitgrad_version(),
     }
+    if decision is not None:
+        metadata["decision"] = decision.to_metadata()
     if list(data.classes) != [str(d) for d in range(10)]:
         # the service answers these names as "label"; digits need none (their index says it)
         metadata["classes"] = list(DATASETS[config.dataset].classes)
@@ -194,8 +221,15 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
         mistakes = confident_mistakes(model, data.test.images, data.test.labels, predictions,
                                       preprocessing)
         written += write_plots(paths.out.with_name(paths.out.stem), state.history, confusion,
-                               mistakes) or []
+                               mistakes, (confidence, right)) or []
     progress.message(format_test_report(test_accuracy, per_class, confusion))
+    progress.message(f"expected calibration error on the test set {100 * metrics['test_ece']:.2f}%")
+    if decision is not None:
+        refused = ", ".join(f"{k} {100 * v:.1f}%" for k, v in calibration["refused"].items())
+        progress.message(
+            f"not a digit: threshold {decision.threshold:+.2f} (log-odds), temperature "
+            f"{decision.temperature:.2f}; refused {100 * metrics['test_refused']:.2f}% of the "
+            f"test digits; held-out refusals: {refused}")
     progress.message(
         f"best validation accuracy {100 * state.best_val_accuracy:.2f}% at epoch "
         f"{state.best_epoch}; test accuracy {100 * test_accuracy:.2f}%; trained "

@@ -163,6 +163,10 @@
       return;
     }
     if (id !== request) return; // a newer drawing or file superseded this one
+    if (!response.ok && body && body.error && body.error.code === "not_a_digit") {
+      showNotADigit(body.error.closest);
+      return;
+    }
     if (!response.ok) {
       const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
       resetResult("");
@@ -171,6 +175,21 @@
     }
     if (body.number !== undefined) showNumber(body);
     else show(body);
+  }
+
+  // the model does not take the drawing (or a piece of it) for a digit: say so, and show the
+  // closest guess it would have given, with its honest (low) confidence
+  function showNotADigit(closest) {
+    if (closest.number !== undefined) {
+      showNumber(closest);
+      const pieces = closest.digits.filter((d) => !d.is_digit).length;
+      setStatus(`That doesn't look like a number: ${pieces} of its ${closest.digits.length} ` +
+                `pieces do not look like digits. The closest guess: ${closest.number}.`, true);
+      return;
+    }
+    show(closest);
+    setStatus("That doesn't look like a digit. The closest guess: " +
+              `${closest.digit} (${(100 * closest.confidence).toFixed(1)}%).`, true);
   }
 
   // one entry per digit: what the model saw, the digit, how sure

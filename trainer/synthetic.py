@@ -1,0 +1,338 @@
+"""Generated training images: digits written with a pen, and what is not a digit.
+
+``pen_digits`` draws the stroke table's digits (trainer.glyphs) with a hand's wobble and
+tremor and pens from a fine liner to a marker, so that a thin, even pen stroke stops
+signalling "not a digit". ``not_digits`` draws letters and symbols, doodles (stars, hearts,
+spirals, houses, arrows, faces, zigzags, scribbles...), photo-like textures and noise, framed
+as the server frames an upload (long side 20 pixels, mass centred). All in numpy, from the
+caller's generator: the trainer never imports PIL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.data import Split
+from trainer.glyphs import DIGITS, SYMBOLS
+from trainer.strokes import SIDE, arc, fit_box, hand, line, render
+
+#: Pen widths in pixels of the 28x28 image: the range the server's pipeline leaves strokes in
+#: (it thickens hairlines and thins markers to 1.5-2.7 px), a little beyond on each side.
+PEN_WIDTHS = (1.2, 3.2)
+
+
+def _widths(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(*PEN_WIDTHS, n).astype(np.float32)
+
+
+def pen_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) float32, labels (n,) int64): the digits 0-9 in turn, each a random
+    variant of its stroke table drawn by a hand with a random pen."""
+    labels = np.arange(n, dtype=np.int64) % 10
+    shapes = []
+    for digit in labels:
+        variants = DIGITS[int(digit)]
+        shape = variants[int(rng.integers(len(variants)))]
+        shapes.append(hand(shape, rng, tremor=rng.uniform(0.0, 0.8)))
+    return render(shapes, _widths(n, rng)), labels
+
+
+# --- doodles: each a function of the generator returning strokes in a unit box -------------
+
+def _star(rng):
+    k = int(rng.integers(5, 8))
+    a = np.deg2rad(np.arange(2 * k + 1) * 180 / k - 90)
+    r = np.where(np.arange(2 * k + 1) % 2 == 0, 0.5, rng.uniform(0.18, 0.3))
+    return [np.stack([0.5 + r * np.cos(a), 0.5 + r * np.sin(a)], 1)]
+
+
+def _heart(rng):
+    t = np.linspace(0, 2 * np.pi, 60)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    return [np.stack([x, y], 1) / 32]
+
+
+def _spiral(rng):
+    turns = rng.uniform(1.8, 4)
+    t = np.linspace(0, turns * 2 * np.pi, int(40 * turns))
+    r = 0.5 * t / t[-1]
+    return [np.stack([r * np.cos(t), r * np.sin(t)], 1) * rng.choice([-1, 1], 2)]
+
+
+def _house(rng):
+    roof = rng.uniform(0.2, 0.5)
+    shape = [line((0, roof), (0, 1), (1, 1), (1, roof), (0, roof)),
+             line((0, roof), (0.5, 0), (1, roof))]
+    if rng.random() < 0.6:
+        shape.append(line((0.4, 1), (0.4, 0.7), (0.6, 0.7), (0.6, 1)))
+    return shape
+
+
+def _arrow(rng):
+    head = rng.uniform(0.2, 0.35)
+    shape = [line((0, 0.5), (1, 0.5)),
+             line((1 - head, 0.5 - head), (1, 0.5), (1 - head, 0.5 + head))]
+    a = rng.choice([0, 90, 180, 270, 45, 135, 225, 315])
+    m = np.array([[np.cos(np.deg2rad(a)), -np.sin(np.deg2rad(a))],
+                  [np.sin(np.deg2rad(a)), np.cos(np.deg2rad(a))]])
+    return [s @ m.T for s in shape]
+
+
+def _face(rng):
+    shape = [arc(0.5, 0.5, 0.5, 0.5, 0, 360), arc(0.5, 0.55, 0.25, rng.uniform(0.1, 0.2), 20, 160)]
+    eyes = rng.uniform(0.04, 0.08)
+    shape += [arc(0.33, 0.35, eyes, eyes, 0, 360), arc(0.67, 0.35, eyes, eyes, 0, 360)]
+    return shape
+
+
+def _zigzag(rng):
+    k = int(rng.integers(3, 9))
+    x = np.linspace(0, 1, k + 1)
+    y = np.where(np.arange(k + 1) % 2 == 0, 0.0, rng.uniform(0.2, 0.6))
+    return [np.stack([x, y], 1)]
+
+
+def _scribble(rng):
+    k = int(rng.integers(6, 14))
+    points = rng.uniform(0, 1, (k, 2))
+    t = np.linspace(0, k - 1, 12 * k)
+    return [np.stack([np.interp(t, np.arange(k), points[:, 0]),
+                      np.interp(t, np.arange(k), points[:, 1])], 1)]
+
+
+def _sun(rng):
+    k = int(rng.integers(6, 12))
+    shape = [arc(0.5, 0.5, 0.22, 0.22, 0, 360)]
+    for a in np.deg2rad(np.arange(k) * 360 / k):
+        shape.append(line((0.5 + 0.3 * np.cos(a), 0.5 + 0.3 * np.sin(a)),
+                          (0.5 + 0.5 * np.cos(a), 0.5 + 0.5 * np.sin(a))))
+    return shape
+
+
+def _cloud(rng):
+    k = int(rng.integers(3, 6))
+    parts = [arc((i + 0.5) / k, 0.4, 0.5 / k + 0.05, 0.25, 180, 360) for i in range(k)]
+    return [np.concatenate(parts), line((0, 0.4), (0, 0.6), (1, 0.6), (1, 0.4))]
+
+
+def _flower(rng):
+    k = int(rng.integers(4, 8))
+    shape = [arc(0.5, 0.35, 0.08, 0.08, 0, 360), line((0.5, 0.45), (0.5, 1))]
+    for a in np.arange(k) * 360 / k:
+        c = np.deg2rad(a)
+        shape.append(arc(0.5 + 0.17 * np.cos(c), 0.35 + 0.17 * np.sin(c), 0.09, 0.09, 0, 360))
+    return shape
+
+
+def _polygon(rng):
+    k = int(rng.integers(3, 7))
+    a = np.sort(rng.uniform(0, 2 * np.pi, k))
+    points = np.stack([np.cos(a), np.sin(a)], 1) * rng.uniform(0.6, 1.0, (k, 1))
+    shape = [np.concatenate([points, points[:1]])]
+    if rng.random() < 0.4:  # a second one inside or beside
+        shape.append(shape[0] * rng.uniform(0.3, 0.6) + rng.uniform(-0.3, 0.3, 2))
+    return shape
+
+
+def _wave(rng):
+    t = np.linspace(0, 1, 60)
+    k = int(rng.integers(1, 4))
+    return [np.stack([t, 0.5 * i / max(k, 1) + 0.15 * np.sin(t * rng.uniform(6, 20))], 1)
+            for i in range(k)]
+
+
+def _lightning(rng):
+    return [line((0.6, 0), (0.2, 0.55), (0.55, 0.5), (0.25, 1))]
+
+
+def _coil(rng):
+    k = rng.uniform(3, 6)
+    t = np.linspace(0, k * 2 * np.pi, int(50 * k))
+    return [np.stack([t / t[-1] * 2 + 0.3 * np.cos(t), 0.4 * np.sin(t)], 1)]
+
+
+def _grid(rng):
+    k = int(rng.integers(2, 5))
+    shape = [line((i / k, 0), (i / k, 1)) for i in range(k + 1)]
+    return shape + [line((0, i / k), (1, i / k)) for i in range(k + 1)]
+
+
+def _stick_figure(rng):
+    return [arc(0.5, 0.15, 0.15, 0.15, 0, 360), line((0.5, 0.3), (0.5, 0.7)),
+            line((0.2, 0.45), (0.8, 0.45)), line((0.25, 1), (0.5, 0.7), (0.75, 1))]
+
+
+def _tree(rng):
+    return [line((0.45, 1), (0.45, 0.6)), line((0.55, 1), (0.55, 0.6)),
+            arc(0.5, 0.35, 0.4, 0.3, 0, 360)]
+
+
+def _fish(rng):
+    return [arc(0.4, 0.5, 0.4, 0.25, 0, 360), line((0.8, 0.5), (1, 0.3), (1, 0.7), (0.8, 0.5)),
+            arc(0.2, 0.45, 0.03, 0.03, 0, 360)]
+
+
+def _envelope(rng):
+    return [line((0, 0), (1, 0), (1, 0.7), (0, 0.7), (0, 0)), line((0, 0), (0.5, 0.4), (1, 0))]
+
+
+def _hatch(rng):
+    k = int(rng.integers(3, 8))
+    return [line((i / k, 0), (i / k + 0.3, 1)) for i in range(k)]
+
+
+def _concentric(rng):
+    k = int(rng.integers(2, 4))
+    return [arc(0.5, 0.5, 0.5 * (i + 1) / k, 0.5 * (i + 1) / k, 0, 360) for i in range(k)]
+
+
+DOODLES = (_star, _heart, _spiral, _house, _arrow, _face, _zigzag, _scribble, _sun, _cloud,
+           _flower, _polygon, _wave, _lightning, _coil, _grid, _stick_figure, _tree, _fish,
+           _envelope, _hatch, _concentric)
+
+
+# --- photo-like textures and noise: ink maps framed as uploads ----------------------------
+
+def _smooth_field(rng, size: int = 48) -> np.ndarray:
+    """Low-frequency random field in [0, 1]: a random grid enlarged bilinearly."""
+    k = int(rng.integers(3, 9))
+    coarse = rng.random((k, k))
+    idx = np.linspace(0, k - 1, size)
+    low = np.minimum(np.floor(idx).astype(int), k - 2)
+    f = idx - low
+    rows = coarse[low] * (1 - f)[:, None] + coarse[low + 1] * f[:, None]
+    return rows[:, low] * (1 - f) + rows[:, low + 1] * f
+
+
+def _texture(rng) -> np.ndarray:
+    """One photo-like ink map: smooth blobs, filled shapes, stripes, checks, noise, or a mix."""
+    size = 48
+    kind = int(rng.integers(6))
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    if kind == 0:  # smooth light and shade, the darker part as ink
+        field = _smooth_field(rng, size)
+        ink = np.clip((field - rng.uniform(0.2, 0.6)) * rng.uniform(2, 6), 0, 1)
+    elif kind == 1:  # filled ellipses and rectangles
+        ink = np.zeros((size, size))
+        for _ in range(int(rng.integers(1, 5))):
+            c, r = rng.uniform(0.1, 0.9, 2), rng.uniform(0.1, 0.45, 2)
+            if rng.random() < 0.5:
+                inside = ((yy - c[0]) / r[0]) ** 2 + ((xx - c[1]) / r[1]) ** 2 < 1
+            else:
+                inside = (np.abs(yy - c[0]) < r[0]) & (np.abs(xx - c[1]) < r[1])
+            ink = np.maximum(ink, inside * rng.uniform(0.3, 1))
+    elif kind == 2:  # stripes at any angle and frequency
+        a, f = rng.uniform(0, np.pi), rng.uniform(3, 12)
+        ink = 0.5 + 0.5 * np.sin(2 * np.pi * f * (xx * np.cos(a) + yy * np.sin(a)))
+    elif kind == 3:  # checks or dots
+        f = rng.uniform(3, 10)
+        ink = ((np.floor(xx * f) + np.floor(yy * f)) % 2).astype(float)
+    elif kind == 4:  # noise, fine or coarse
+        ink = rng.random((size, size)) * (rng.random((size, size)) < rng.uniform(0.1, 1))
+    else:  # a textured object on a smooth background
+        ink = _smooth_field(rng, size) * rng.random((size, size)) ** 0.5
+    ink = ink * (0.6 + 0.4 * _smooth_field(rng, size))  # uneven lighting
+    return fit_box(ink.astype(np.float32))
+
+
+def _box(yy, xx, top, bottom, left, right):
+    return (yy >= top) & (yy <= bottom) & (xx >= left) & (xx <= right)
+
+
+def _silhouette(rng) -> np.ndarray:
+    """A filled, shaded object photographed on a plain ground, as catalogue pictures of
+    clothes, bags and shoes are: shirts, trousers, dresses, bags, shoes, as unions of boxes."""
+    size = 48
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    kind = int(rng.integers(5))
+    w = rng.uniform(0.3, 0.45)
+    if kind == 0:  # a shirt or a coat: body and sleeves
+        sleeve = rng.uniform(0.3, 0.8)
+        inside = _box(yy, xx, 0.1, 0.95, 0.5 - w / 2, 0.5 + w / 2) | (
+            _box(yy, xx, 0.1, 0.1 + sleeve, 0.5 - w / 2 - 0.15, 0.5 + w / 2 + 0.15)
+            & (np.abs(xx - 0.5) - w / 2 < (yy - 0.05) * 0.6))
+    elif kind == 1:  # trousers: two legs
+        gap = rng.uniform(0.01, 0.06)
+        inside = _box(yy, xx, 0.02, 0.98, 0.5 - w / 2, 0.5 + w / 2) & ~(
+            _box(yy, xx, rng.uniform(0.2, 0.4), 1, 0.5 - gap, 0.5 + gap))
+    elif kind == 2:  # a dress: widening downwards
+        inside = (np.abs(xx - 0.5) < 0.1 + (yy * rng.uniform(0.2, 0.4))) & (yy > 0.03) & (
+            yy < 0.97)
+    elif kind == 3:  # a bag: a box and a handle
+        inside = _box(yy, xx, 0.35, 0.95, 0.05, 0.95) | (
+            (np.abs(np.hypot(yy - 0.35, xx - 0.5) - 0.2) < 0.04) & (yy < 0.35))
+    else:  # a shoe: a sole and a heel or an ankle
+        inside = _box(yy, xx, 0.55, 0.8, 0.02, 0.98) | _box(yy, xx, 0.25, 0.8, 0.02,
+                                                            rng.uniform(0.3, 0.55))
+    shade = 0.4 + 0.6 * _smooth_field(rng, size)
+    if rng.random() < 0.5:  # a print, stripes or a texture on the fabric
+        shade = shade * (0.6 + 0.4 * rng.random((size, size)) ** rng.uniform(0.3, 3))
+    ink = inside * shade * rng.uniform(0.5, 1.0)
+    if rng.random() < 0.5:
+        ink = ink[:, ::-1]
+    return fit_box(ink.astype(np.float32))
+
+
+def _serifs(shape: list, rng: np.random.Generator) -> list:
+    """Short strokes across the ends of the straight strokes of a letter, as a serif face has."""
+    length = rng.uniform(0.06, 0.14)
+    out = []
+    for stroke in shape:
+        if len(stroke) != 2:  # only the straight strokes
+            continue
+        direction = stroke[1] - stroke[0]
+        across = np.array([-direction[1], direction[0]]) / max(np.hypot(*direction), 1e-9)
+        out += [np.stack([end - length * across, end + length * across]) for end in stroke]
+    return out
+
+
+#: Kinds of "not a digit" and their shares of ``not_digits``.
+KINDS = {"symbols": 0.35, "doodles": 0.3, "textures": 0.2, "objects": 0.15}
+
+
+def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) float32, kind index (n,) into KINDS): letters and symbols, doodles
+    and photo-like textures in the given shares."""
+    kinds = kinds or KINDS
+    names = list(kinds)
+    kind = rng.choice(len(names), n, p=np.array(list(kinds.values())) / sum(kinds.values()))
+    out = np.empty((n, SIDE, SIDE), dtype=np.float32)
+    drawn = np.flatnonzero(np.isin(kind, [names.index(k) for k in ("symbols", "doodles")
+                                          if k in names]))
+    symbols = list(SYMBOLS.values())
+    shapes, widths = [], []
+    for i, width in zip(drawn, _widths(len(drawn), rng)):
+        if names[kind[i]] == "symbols":
+            shape = symbols[int(rng.integers(len(symbols)))]
+            if rng.random() < 0.5:  # typeset: serifs, thick and thin strokes, no tremor
+                shape = shape + _serifs(shape, rng)
+                shapes.append(hand(shape, rng, tremor=0.0, rotation=8, wobble=0.005))
+                widths.append(width * rng.uniform(0.5, 1.3, len(shape)))
+                continue
+        else:
+            shape = DOODLES[int(rng.integers(len(DOODLES)))](rng)
+        shapes.append(hand(shape, rng, tremor=rng.uniform(0.0, 0.8), rotation=20))
+        widths.append(width)
+    if shapes:
+        out[drawn] = render(shapes, widths)
+    for i in np.setdiff1d(np.arange(n), drawn):
+        out[i] = _texture(rng) if names[kind[i]] == "textures" else _silhouette(rng)
+    return out, kind
+
+
+#: The generated images' own random stream ("synt"), as trainer.flags has its own: the model's
+#: initialisation and every epoch's shuffle and augmentation draw from theirs.
+SYNTHETIC_STREAM = 0x73796E74
+
+
+def add_synthetic(split: Split, pen: int, negatives: int, seed: int) -> Split:
+    """``split`` with ``pen`` pen-drawn digits and ``negatives`` images
+    labelled 10 ("not a digit") appended; the same arguments give the same arrays."""
+    rng = np.random.default_rng([seed, SYNTHETIC_STREAM])
+    pen_images, pen_labels = pen_digits(pen, rng)
+    negative_images, _ = not_digits(negatives, rng)
+    return Split(np.concatenate([split.images, pen_images, negative_images]),
+                 np.concatenate([split.labels, pen_labels,
+                                 np.full(negatives, 10, dtype=np.int64)]))
