@@ -392,9 +392,9 @@ def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(make_ap
     app = make_app(MAX_TENSOR_IMAGES=1024)
     model = get_serving(app).model
     sizes = []
-    predict = LoadedModel.predict
-    monkeypatch.setattr(LoadedModel, "predict",
-                        lambda self, images: sizes.append(len(images)) or predict(self, images))
+    answer = LoadedModel.answer
+    monkeypatch.setattr(LoadedModel, "answer",
+                        lambda self, images: sizes.append(len(images)) or answer(self, images))
     rng = np.random.default_rng(0)
     images = rng.random((1024, 28, 28), dtype=np.float32)
     query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1024, 28, 28],
@@ -403,7 +403,7 @@ def test_a_pixels_batch_runs_in_chunks_with_the_answers_of_single_images(make_ap
     assert response.status_code == 200, response.get_data()
     assert sizes == [PREDICT_CHUNK] * (1024 // PREDICT_CHUNK)
     outputs = {o["name"]: o for o in split_response(response)[0]["outputs"]}
-    assert outputs["digit"]["data"] == predict(model, images).argmax(axis=1).tolist()
+    assert outputs["digit"]["data"] == answer(model, images).probabilities.argmax(axis=1).tolist()
     query["inputs"][0]["shape"][0] = 1025
     assert "1 to 1024 images" in assert_v2_error(infer(app.test_client(), *binary_request(
         query, np.zeros((1025, 28, 28), np.float32).tobytes())), 400)
