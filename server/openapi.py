@@ -391,7 +391,7 @@ _V2_TENSOR = {
     "type": "object",
     "required": ["name", "datatype", "shape"],
     "properties": {"name": TEXT, "datatype": {"type": "string", "enum": ["FP32", "INT64",
-                                                                          "BYTES"]},
+                                                                          "BOOL", "BYTES"]},
                    "shape": {"type": "array", "items": {"type": "integer"}}},
 }
 _V2_PARAMETERS = {"type": "object", "additionalProperties": True}

@@ -147,6 +147,9 @@ def test_a_known_length_is_taken_before_reading_a_chunked_body_as_it_arrives():
     assert budget.held == 0
 
 
-def test_the_default_budget_holds_a_full_batch_and_four_uploads(make_app):
-    app = make_app(MAX_UPLOAD_BYTES=1000, MAX_BATCH_FILES=3)
-    assert app.config["MAX_BODY_BYTES_PER_WORKER"] == 7 * 1000 + 2 * 64 * 1024
+def test_the_default_budget_holds_the_largest_body_and_four_uploads(make_app):
+    batch = make_app(MAX_UPLOAD_BYTES=100_000, MAX_BATCH_FILES=3, MAX_TENSOR_IMAGES=1)
+    assert batch.config["MAX_BODY_BYTES_PER_WORKER"] == 7 * 100_000 + 2 * 64 * 1024
+    pixels = make_app(MAX_UPLOAD_BYTES=1000, MAX_BATCH_FILES=3, MAX_TENSOR_IMAGES=10)
+    json_bytes = 10 * 28 * 28 * 24  # v2.IMAGE_JSON_BYTES a pixels image as JSON
+    assert pixels.config["MAX_BODY_BYTES_PER_WORKER"] == json_bytes + 4 * 1000 + 2 * 64 * 1024
