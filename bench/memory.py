@@ -9,7 +9,8 @@ Each workload runs on a fresh server; C clients send N requests, then the server
   takes);
 * ``v2``: the same files as one V2 ``digitgrad-image`` request (binary tensor data);
 * ``mix``: the three in turn;
-* ``json``: V2 ``digitgrad`` pixels as JSON at the body limit, mostly ``[]`` padding.
+* ``json``: V2 ``digitgrad`` pixels as JSON at its body limit (``MAX_TENSOR_IMAGES`` images'
+  worth), as many numbers as fit.
 
 For each worker it prints its size after start-up, its peak (VmHWM) and its size once idle; and
 the master's. A request refused for the worker's body budget (503) or cut off mid-body (the
@@ -39,6 +40,7 @@ from bench.servers import gunicorn_env, gunicorn_process, proc_status, settled_r
 MB = 2**20
 UPLOAD = 5 * MB  # the default MAX_UPLOAD_BYTES
 BATCH = 16  # the default MAX_BATCH_FILES
+TENSOR_IMAGES = 1024  # the default MAX_TENSOR_IMAGES
 
 
 def photo(size: int = UPLOAD) -> bytes:
@@ -69,13 +71,15 @@ def v2_images(files: list[bytes]) -> tuple[bytes, dict]:
                              "Content-Type": "application/octet-stream"}
 
 
-def json_pixels(size: int = UPLOAD) -> bytes:
-    """A V2 pixels request of ``size`` bytes: one image, then ``[]`` padding."""
-    query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28],
-                         "data": [0.0] * 784}]}
-    head = json.dumps(query)[:-1] + ', "padding": ['
-    count = (size - len(head) - 2) // 3
-    return (head + ",".join(["[]"] * count) + "]}").encode()
+def json_pixels(images: int = TENSOR_IMAGES) -> bytes:
+    """A V2 pixels request as JSON at its size limit (24 bytes a pixel plus 64 KiB), as many
+    numbers as fit: each becomes a Python float while the body is parsed."""
+    limit = images * 28 * 28 * 24 + 64 * 1024
+    head = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32",
+                                   "shape": [images, 28, 28], "data": []}]})
+    count = (limit - len(head)) // 4
+    data = ",".join(["0.5"] * count)
+    return head.replace('"data": []', f'"data": [{data}]').encode()[:limit]
 
 
 def calls(workload: str) -> list[tuple[str, bytes, dict]]:
