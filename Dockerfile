@@ -124,14 +124,15 @@ RUN groupadd --gid 10001 digitgrad \
         --home-dir /nonexistent --shell /usr/sbin/nologin digitgrad
 WORKDIR /app
 # Owned by root and read-only for the service user (whatever their mode in the checkout): it
-# writes only under /tmp.
+# writes only under /dev/shm (the shared metrics: their own tmpfs, which a full /tmp cannot
+# reach) and, if anything, /tmp.
 COPY --chmod=0444 gunicorn.conf.py docker/healthcheck.py ./
 COPY --from=model /model/ ./
 # One BLAS thread per process: gunicorn's workers are the parallelism (see gunicorn.conf.py).
 # WEB_CONCURRENCY (workers) is left to gunicorn.conf.py; set it to the container's CPU limit.
 ENV MODEL_PATH=/app/model.npz \
     PORT=8000 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/digitgrad-metrics \
+    PROMETHEUS_MULTIPROC_DIR=/dev/shm/digitgrad-metrics \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 \
     MKL_NUM_THREADS=1

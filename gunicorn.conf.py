@@ -5,8 +5,9 @@
 Environment: MODEL_PATH (model file, default model.npz), BIND or PORT (default 0.0.0.0:8000),
 WEB_CONCURRENCY (worker processes), GUNICORN_THREADS (threads per worker),
 CLIENT_READ_TIMEOUT (seconds a request body may stall),
-PROMETHEUS_MULTIPROC_DIR (where workers share metrics; a private temporary directory if unset),
-and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES): docs/serving.md.
+PROMETHEUS_MULTIPROC_DIR (where workers share metrics; a private temporary directory in
+/dev/shm if unset), and the app's limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES,
+MAX_BODY_BYTES_PER_WORKER): docs/serving.md.
 The measurements behind these choices are in docs/benchmarks.md.
 """
 
@@ -25,14 +26,24 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 # prometheus_client picks multiprocess mode when it is imported, from this variable, so it
 # must be set now. Without it each worker would report only its own counts on /metrics.
+# Workers write those files through mmap: on a full filesystem they die of SIGBUS, so they
+# live in /dev/shm, apart from /tmp, which other files can fill.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _created = tempfile.mkdtemp(prefix="digitgrad-prometheus-")
+    _shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    _created = tempfile.mkdtemp(prefix="digitgrad-prometheus-", dir=_shm)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created
     _master = os.getpid()
     # Removed when the master exits, also after a failed start (no on_exit hook then). Workers
     # leave through sys.exit too and run atexit handlers: only the master may remove it.
     atexit.register(lambda: os.getpid() == _master and shutil.rmtree(_created, True))
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+# glibc's malloc, in the master and so in every worker forked from it: all threads share two
+# arenas, and large blocks are unmapped when freed, so that an idle worker gives back what its
+# requests used instead of keeping each thread's peak (autodiff/memory.py, docs/benchmarks.md).
+from autodiff.memory import return_freed_memory  # noqa: E402 - after the variables above
+
+return_freed_memory()
 
 # --- where and how many ---------------------------------------------------------------------
 # BIND wins (e.g. "127.0.0.1:8080" or "unix:/run/digitgrad.sock"); else all interfaces on
@@ -130,6 +141,9 @@ def pre_request(worker, req):
     parsed, in the thread that serves the request, before the app reads the body.
     """
     req.unreader.sock.settimeout(CLIENT_READ_TIMEOUT)
+    from server.gunicorn_hooks import defer_continue
+
+    defer_continue(req)  # "100 Continue" only once the app reads the body, past its size checks
 
 
 def post_request(worker, req, environ, resp):
@@ -146,8 +160,19 @@ def post_request(worker, req, environ, resp):
             pass  # already gone
 
 
-def child_exit(server, worker):
-    """Tell prometheus_client a worker is gone, so its live gauges stop being reported."""
-    from prometheus_client import multiprocess
+def post_fork(server, worker):
+    """gunicorn's own error pages (a request it cannot parse) in the JSON envelope, quoting
+    nothing of the request (server/gunicorn_hooks.py)."""
+    import gunicorn.util
 
-    multiprocess.mark_process_dead(worker.pid)
+    from server.gunicorn_hooks import json_error_page
+
+    gunicorn.util.write_error = json_error_page
+
+
+def child_exit(server, worker):
+    """Fold a gone worker's metric files into the retired ones: the directory stays the same
+    size across reloads (server/metrics.py)."""
+    from server.metrics import retire_worker
+
+    retire_worker(worker.pid)

@@ -1,7 +1,7 @@
 """A small reverse-mode autodiff engine on numpy, with the course lab's API."""
 
 from autodiff.conv import Conv2d, MaxPool2d
-from autodiff.memory import reuse_freed_memory
+from autodiff.memory import return_freed_memory, reuse_freed_memory
 from autodiff.node import ComputationGraphNode, Parameter, grad, is_grad_enabled, no_grad
 from autodiff.ops import (
     Addition,
@@ -61,5 +61,6 @@ __all__ = [
     "log_softmax",
     "nll",
     "no_grad",
+    "return_freed_memory",
     "reuse_freed_memory",
 ]

@@ -107,3 +107,43 @@ def gunicorn_process(env: dict, log: Path, config: Path = GUNICORN_CONF,
     process = start_gunicorn({**env, "BIND": f"127.0.0.1:{port}"}, log, config)
     with ready(process, base, log, graceful=graceful):
         yield base, process
+
+
+def worker_pids(master: int) -> list[int]:
+    """The pids of gunicorn's live workers (the master's children), in start order."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == master and state != "Z":
+            children.append(int(entry.name))
+    return sorted(children)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Memory figures of a process from /proc/PID/status, in bytes: VmRSS (resident now) and
+    VmHWM (its peak resident size, the "high water mark")."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            figures[name] = int(value.split()[0]) * 1024  # reported in kB
+    return figures
+
+
+def settled_rss(pid: int, seconds: float = 10) -> int:
+    """A process's VmRSS once it stops moving (answers written, memory given back), or after
+    ``seconds``."""
+    previous = proc_status(pid)["VmRSS"]
+    for _ in range(int(seconds / 0.2)):
+        time.sleep(0.2)
+        current = proc_status(pid)["VmRSS"]
+        if current == previous:
+            break
+        previous = current
+    return previous

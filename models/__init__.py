@@ -1,6 +1,12 @@
 """Modules, initializers, the networks (the lab's and the CNN), and model files (.npz)."""
 
-from models.archive import ModelFileError, atomic_write, read_checkpoint, write_checkpoint
+from models.archive import (
+    ModelFileError,
+    atomic_write,
+    open_regular_file,
+    read_checkpoint,
+    write_checkpoint,
+)
 from models.convnet import ConvNetwork
 from models.init import glorot_init, kaiming_init, zero_init
 from models.module import IncompatibleKeys, Module, ModuleList
@@ -26,6 +32,7 @@ __all__ = [
     "glorot_init",
     "kaiming_init",
     "load",
+    "open_regular_file",
     "preprocessing_config",
     "read_checkpoint",
     "save",

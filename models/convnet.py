@@ -44,6 +44,20 @@ def _sizes(values, name: str, count: int | None = None, minimum: int = 1) -> lis
     return [int(v) for v in values]
 
 
+def _feature_size(image_size: int, kernel_sizes: list[int], paddings: list[int], pool: int) -> int:
+    """The side of the feature maps after the conv (stride 1) and pooling blocks."""
+    size = image_size
+    for i, (k, p) in enumerate(zip(kernel_sizes, paddings)):
+        size = (size + 2 * p - k + 1) // pool
+        if size < 1:
+            raise ValueError(
+                f"conv layer {i} (kernel {k}, padding {p}, pool {pool}) leaves no pixels of a "
+                f"{image_size}x{image_size} image: use smaller kernels, more padding or fewer "
+                "layers"
+            )
+    return size
+
+
 class ConvNetwork(Module):
     """Conv (stride 1) → ReLU → max-pool (pool x pool) blocks, hidden ReLU layers, linear output.
 
@@ -64,21 +78,33 @@ class ConvNetwork(Module):
         self.paddings = _sizes(paddings, "paddings", len(self.channels), minimum=0)
         self.pool = positive_int(pool, "pool")
         self.hidden_dims = _sizes(hidden_dims, "hidden_dims")
-        size, widths = self.image_size, [self.in_channels] + self.channels
-        self.convs = ModuleList()
-        for i, (k, p) in enumerate(zip(self.kernel_sizes, self.paddings)):
-            size = (size + 2 * p - k + 1) // self.pool
-            if size < 1:
-                raise ValueError(
-                    f"conv layer {i} (kernel {k}, padding {p}, pool {self.pool}) leaves no "
-                    f"pixels of a {self.image_size}x{self.image_size} image: use smaller kernels, "
-                    "more padding or fewer layers"
-                )
-            self.convs.append(ConvLayer(widths[i], widths[i + 1], k, p, rng=rng, dtype=dtype))
-        self.feature_size = size
+        self.feature_size = _feature_size(self.image_size, self.kernel_sizes, self.paddings,
+                                          self.pool)
+        widths = [self.in_channels] + self.channels
+        self.convs = ModuleList(
+            ConvLayer(widths[i], widths[i + 1], k, p, rng=rng, dtype=dtype)
+            for i, (k, p) in enumerate(zip(self.kernel_sizes, self.paddings))
+        )
+        size = self.feature_size
         sizes = [widths[-1] * size * size] + self.hidden_dims + [self.dim_output]
         self.layers = DenseStack(sizes, rng=rng, dtype=dtype)
         self.init_parameters(rng)
+
+    @staticmethod
+    def parameter_count(dim_output: int = 10, in_channels: int = 1, image_size: int = 28,
+                        channels: Sequence[int] = (6, 16), kernel_sizes: Sequence[int] = (5, 5),
+                        paddings: Sequence[int] = (2, 0), pool: int = 2,
+                        hidden_dims: Sequence[int] = (120, 84)) -> int:
+        """Parameters of ``ConvNetwork(...)`` with these arguments, without building it."""
+        widths = [positive_int(in_channels, "in_channels"), *_sizes(channels, "channels")]
+        kernels = _sizes(kernel_sizes, "kernel_sizes", len(widths) - 1)
+        size = _feature_size(positive_int(image_size, "image_size"), kernels,
+                             _sizes(paddings, "paddings", len(kernels), minimum=0),
+                             positive_int(pool, "pool"))
+        convs = sum((a * k * k + 1) * b for a, b, k in zip(widths[:-1], widths[1:], kernels))
+        dense = [widths[-1] * size * size, *_sizes(hidden_dims, "hidden_dims"),
+                 positive_int(dim_output, "dim_output")]
+        return convs + DenseStack.parameter_count(dense)
 
     def init_parameters(self, rng: np.random.Generator | None = None) -> None:
         """Kaiming for every layer followed by ReLU, Glorot for the output layer, zero biases."""

@@ -35,6 +35,12 @@ class LinearNetwork(Module):
         (kaiming_init if relu else glorot_init)(self.W.value, rng)
         zero_init(self.b.value)
 
+    @staticmethod
+    def parameter_count(dim_input: int, dim_output: int) -> int:
+        """Parameters of ``LinearNetwork(dim_input, dim_output)``, without building it."""
+        return DenseStack.parameter_count([positive_int(dim_input, "dim_input"),
+                                           positive_int(dim_output, "dim_output")])
+
     def forward(self, x) -> ComputationGraphNode:
         if not isinstance(x, ComputationGraphNode):
             x = ComputationGraphNode(np.asarray(x, dtype=self.W.value.dtype))
@@ -63,6 +69,11 @@ class DenseStack(ModuleList):
         super().__init__(LinearNetwork(a, b, rng=rng, dtype=dtype)
                          for a, b in zip(sizes[:-1], sizes[1:]))
         self.tanh = bool(tanh)
+
+    @staticmethod
+    def parameter_count(sizes: Sequence[int]) -> int:
+        """Parameters of ``DenseStack(sizes)``: weights and biases, without building it."""
+        return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
     def init_parameters(self, rng: np.random.Generator | None = None) -> None:
         """Kaiming for layers followed by ReLU, Glorot for tanh layers and the output layer."""
@@ -93,6 +104,15 @@ class DeepNetwork(Module):
         sizes = [self.dim_input] + [self.hidden_dim] * self.n_layers + [self.dim_output]
         self.layers = DenseStack(sizes, tanh, rng=rng, dtype=dtype)
         self.init_parameters(rng)
+
+    @staticmethod
+    def parameter_count(dim_input: int, dim_output: int, hidden_dim: int, n_layers: int,
+                        tanh: bool = False) -> int:
+        """Parameters of ``DeepNetwork(...)`` with these arguments, without building it."""
+        hidden = positive_int(hidden_dim, "hidden_dim")
+        inner = (positive_int(n_layers, "n_layers") - 1) * (hidden + 1) * hidden
+        return inner + DenseStack.parameter_count([positive_int(dim_input, "dim_input"), hidden,
+                                                   positive_int(dim_output, "dim_output")])
 
     @property
     def use_tanh(self) -> bool:

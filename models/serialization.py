@@ -13,7 +13,7 @@ import numpy as np
 
 from models.archive import ModelFileError, read_archive, write_archive
 from models.module import Module, StateDictError
-from models.registry import build
+from models.registry import build, parameter_count
 
 
 def save(module: Module, path, metadata: dict | None = None) -> None:
@@ -46,11 +46,21 @@ def load(path) -> tuple[Module, dict]:
     dtype = meta.get("dtype", "float32")
     if dtype not in ("float32", "float64"):
         raise ModelFileError(path, f"unsupported parameter dtype {dtype!r}")
+    architecture = meta.get("architecture")
     try:
-        module = build(meta.get("architecture"), dtype=np.dtype(dtype))
+        # before anything is built: a few bytes of metadata could describe gigabytes
+        count = parameter_count(architecture)
     except ValueError as exc:
         raise ModelFileError(path, str(exc)) from exc
+    held = sum(array.size for array in arrays.values())
+    if count > held:  # else building costs no more than the arrays already read
+        raise ModelFileError(path, f"its architecture ({architecture['class']}) has {count:,} "
+                                   f"parameters, its arrays hold only {held:,}")
     check_finite_floats(path, arrays)
+    try:
+        module = build(architecture, dtype=np.dtype(dtype))
+    except ValueError as exc:
+        raise ModelFileError(path, str(exc)) from exc
     try:
         module.load_state_dict(arrays, strict=True)
     except StateDictError as exc:

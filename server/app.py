@@ -12,7 +12,7 @@ from flask import Flask
 from flask.json.provider import JSONProvider
 
 from models import ModelFileError
-from server import api, imaging, metrics, requestlog, state, v2
+from server import api, bodies, imaging, metrics, requestlog, state, v2
 from server.errors import register_error_handlers
 from server.inference import Inference
 from server.model import LoadedModel
@@ -33,9 +33,12 @@ DEFAULTS = {
     # answered 503 with Retry-After at once (server/inference.py, server/worker.py), so the
     # admitted ones keep a short wait under overload. 0: none waits.
     "MAX_QUEUED_REQUESTS": 32,
+    # Bytes of request bodies one worker process holds at once, all its threads together
+    # (server/bodies.py); None: the largest body a route takes and four single uploads.
+    "MAX_BODY_BYTES_PER_WORKER": None,
 }
 INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "MAX_TENSOR_IMAGES",
-                "MAX_QUEUED_REQUESTS")
+                "MAX_QUEUED_REQUESTS", "MAX_BODY_BYTES_PER_WORKER")
 #: Settings that may be 0.
 ZERO_ALLOWED = ("MAX_QUEUED_REQUESTS",)
 
@@ -56,6 +59,8 @@ def load_settings(config: Mapping | None = None) -> dict:
     settings.update({k: os.environ[k] for k in DEFAULTS if k in os.environ})
     settings.update(config or {})
     for key in INT_SETTINGS:
+        if key == "MAX_BODY_BYTES_PER_WORKER" and settings[key] is None:
+            settings[key] = body_bytes_per_worker(settings)
         value = settings[key]
         try:
             number = int(value)
@@ -69,10 +74,22 @@ def load_settings(config: Mapping | None = None) -> dict:
     return settings
 
 
+def body_bytes_per_worker(settings: Mapping) -> int:
+    """MAX_BODY_BYTES_PER_WORKER's default: the largest body a route takes (a batch of
+    MAX_BATCH_FILES uploads, or MAX_TENSOR_IMAGES images as V2 JSON, with its framing) and four
+    single uploads besides."""
+    upload = settings["MAX_UPLOAD_BYTES"]
+    largest = max(settings["MAX_BATCH_FILES"] * upload,
+                  settings["MAX_TENSOR_IMAGES"] * v2.IMAGE_JSON_BYTES)
+    return largest + 4 * upload + 2 * bodies.FRAMING_BYTES
+
+
 def create_app(config: Mapping | None = None) -> Flask:
     """Build the app around the model at MODEL_PATH; StartupError if it cannot be served."""
     settings = load_settings(config)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.request_class = bodies.InMemoryRequest
+    app.wsgi_app = bodies.BodyBudget(settings["MAX_BODY_BYTES_PER_WORKER"]).wrap(app.wsgi_app)
     app.config.update(settings)
     # Flask refuses bigger bodies with 413, multipart and raw alike, before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_UPLOAD_BYTES"]
@@ -129,8 +146,9 @@ def reload_model(app: Flask) -> tuple[bool, str]:
     """Load MODEL_PATH again (gunicorn's HUP): whether it now serves, and one line for the log.
 
     The new file replaces the served model only if it loads and passes the self-test; if not,
-    the current model keeps serving and ``reload_error`` names the file and the problem for
-    /readyz. Never raises: it runs in gunicorn's master, which an exception would stop.
+    the current model keeps serving and ``reload_error`` names the file (its name: /readyz is
+    unauthenticated, the path stays in the log) and the problem for /readyz. Never raises: it
+    runs in gunicorn's master, which an exception would stop.
     """
     serving = state.get_serving(app)
     path = app.config["MODEL_PATH"]
@@ -141,9 +159,10 @@ def reload_model(app: Flask) -> tuple[bool, str]:
     except ModelFileError as exc:
         problem = exc.problem
     except Exception as exc:  # whatever the file holds, the master and the old model survive
-        problem = f"{type(exc).__name__}: {exc}"
+        log.exception("model reload from %s failed", path)
+        problem = f"unexpected {type(exc).__name__} while loading it (the server log has it)"
     if problem is not None:
-        serving.reload_error = {"file": str(path), "error": problem}
+        serving.reload_error = {"file": Path(path).name, "error": problem}
         return False, f"model reload refused, still serving {old_id}: {path}: {problem}"
     serving.model = model
     serving.reload_error = None

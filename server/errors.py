@@ -39,6 +39,12 @@ HTTP_ERRORS = {
     500: ("internal_error", "Internal server error; it has been logged."),
     503: ("not_ready", "The service is not ready."),
 }
+#: An OSError (out of disk, a failing device) or a MemoryError while a request is read or
+#: served: the server's trouble, likely passing, not the client's nor a bug.
+UNAVAILABLE = ("unavailable", "The server is short of memory or storage right now; send the "
+                              "request again in a moment.")
+#: Seconds a client is asked to wait after a 503 (Retry-After).
+RETRY_AFTER = 1
 
 #: HTTP statuses of the domain errors' codes (imaging and the inference service know no HTTP).
 DOMAIN_STATUSES = {
@@ -114,19 +120,39 @@ def handle_http_exception(exc: HTTPException):
     if exc.code is None or exc.code < 400:  # redirects and the like are not errors
         return exc
     status = 408 if _read_timed_out(exc) else exc.code
-    code, message = HTTP_ERRORS.get(
-        status, (exc.name.lower().replace(" ", "_"), f"{exc.name}.")
-    )
+    code, message = http_error(exc, status)
     if status == 413:
         message = _too_large_message(exc)
     elif status == 405 and getattr(exc, "valid_methods", None):
         message = f"This endpoint accepts {', '.join(sorted(exc.valid_methods))}."
-    if status in (413, 415):
+    if status in (413, 415) or code == "server_busy":
         _count_rejection(code)
     response = error_response(status, code, message)
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value
+    return response
+
+
+def http_error(exc: HTTPException, status: int) -> tuple[str, str]:
+    """(code, message) of a werkzeug error: our own carry theirs (``error_code``), werkzeug's
+    come from HTTP_ERRORS (never its descriptions, which may quote the request)."""
+    if getattr(exc, "error_code", None):
+        return exc.error_code, exc.description
+    return HTTP_ERRORS.get(status, (exc.name.lower().replace(" ", "_"), f"{exc.name}."))
+
+
+def log_unavailable(exc: Exception) -> None:
+    """Log an OSError or MemoryError met while serving, with its traceback."""
+    current_app.logger.error("%s on %s %s", type(exc).__name__, request.method, request.path,
+                             exc_info=exc)
+
+
+def handle_unavailable(exc: Exception):
+    """OSError and MemoryError: 503 with Retry-After, logged."""
+    log_unavailable(exc)
+    response = error_response(503, *UNAVAILABLE)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
 
 
@@ -151,4 +177,6 @@ def register_error_handlers(app: Flask, *domain_errors: type[Exception]) -> None
         app.register_error_handler(cls, handle_api_error)
     app.register_error_handler(Busy, handle_busy)
     app.register_error_handler(HTTPException, handle_http_exception)
+    for cls in (OSError, MemoryError):
+        app.register_error_handler(cls, handle_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

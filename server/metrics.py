@@ -24,6 +24,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict
 
 # Latency buckets around what this service does: ~1 ms for /healthz, a few ms for a small
 # PNG, tens of ms for a large photo, up to seconds for a batch of them.
@@ -121,6 +122,33 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+#: prometheus_client's file types whose values it sums over processes (counters, histograms).
+SUMMED_TYPES = ("counter", "histogram", "summary")
+#: Where the values of workers that are gone are kept: ``counter_retired.db`` and so on.
+RETIRED = "retired"
+
+
+def retire_worker(pid: int, directory: str | None = None) -> None:
+    """Fold a dead worker's metric files into the ``retired`` ones, so that the directory
+    holds one file per type and live worker instead of one per worker ever started (a model
+    reload starts new workers; each scrape reads every file). Totals are unchanged, but for
+    an instant a scrape could count the dead worker's values twice. Runs in gunicorn's master
+    (child_exit), which alone writes the retired files."""
+    directory = directory or os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    multiprocess.mark_process_dead(pid, directory)  # its live gauges, if there were any
+    for kind in SUMMED_TYPES:
+        dead = os.path.join(directory, f"{kind}_{pid}.db")
+        if not os.path.exists(dead):
+            continue
+        retired = MmapedDict(os.path.join(directory, f"{kind}_{RETIRED}.db"))
+        try:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                retired.write_value(key, retired.read_value(key)[0] + value, timestamp)
+        finally:
+            retired.close()
+        os.remove(dead)
 
 
 class StageTimer:

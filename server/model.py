@@ -18,9 +18,9 @@ MODEL_ID_LENGTH = 12
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
+    """Hex sha256 of a model file, read in chunks (opened as ``models.load`` opens it)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with models.open_regular_file(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

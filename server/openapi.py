@@ -29,10 +29,10 @@ def _errors(*statuses: int) -> dict:
         415: "Unsupported Content-Type or image format.",
         422: "not_a_digit: the image holds ink that the model does not take for a digit "
              "(the closest answer is in `closest`; ?plain=1 asks for it as the answer); or "
-             "no_digit_found: the image is blank or uniformly inked (or, for a number, more "
-             "digits than allowed).",
-        503: "The model is not ready (see /readyz), or the server is busy (`overloaded`, with "
-             "Retry-After).",
+             "no_digit_found: the image is blank, uniformly inked or holds too little ink for "
+             "a digit (or, for a number, more digits than allowed).",
+        503: "The model is not ready (see /readyz), or the server is busy (`overloaded`, "
+             "`server_busy`, with Retry-After) or short of memory (`unavailable`).",
     }
     return {str(s): _json("Error", reasons[s]) for s in statuses}
 
@@ -250,7 +250,9 @@ SCHEMAS = {
                          "unsupported_format, unsupported_media_type, image_too_large, "
                          "request_too_large, request_timeout, too_many_files, "
                          "too_many_digits, no_digit_found, not_a_digit, not_found, "
-                         "method_not_allowed, not_ready, internal_error."},
+                         "method_not_allowed, not_ready, overloaded, server_busy, "
+                         "unavailable, uri_too_long, headers_too_large, expectation_failed, "
+                         "not_implemented, internal_error."},
                 "message": {"type": "string", "description": "For people; says what to do."},
                 "closest": {"type": "object", "description": "not_a_digit only: the answer "
                             "the image would have had (a Prediction, or for /predict/number a "
@@ -389,7 +391,7 @@ _V2_TENSOR = {
     "type": "object",
     "required": ["name", "datatype", "shape"],
     "properties": {"name": TEXT, "datatype": {"type": "string", "enum": ["FP32", "INT64",
-                                                                          "BYTES"]},
+                                                                          "BOOL", "BYTES"]},
                    "shape": {"type": "array", "items": {"type": "integer"}}},
 }
 _V2_PARAMETERS = {"type": "object", "additionalProperties": True}

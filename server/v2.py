@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 from models import digitgrad_version
 from server import imaging, requestlog
 from server.bodies import allow_batch_body, check_streamed_body
+from server.errors import RETRY_AFTER, UNAVAILABLE, http_error, log_unavailable
 from server.inference import Busy
 from server.model import LoadedModel
 from server.state import get_serving
@@ -124,16 +125,27 @@ def _http_error(exc: HTTPException) -> Response:
     """werkzeug's (413 for a body over the limit, 405, ...) in the protocol's shape."""
     if exc.code is None or exc.code < 400:
         return exc
+    code, message = http_error(exc, exc.code)
     if exc.code == 413:
-        get_serving().metrics.observe_rejection("request_too_large")
+        code = "request_too_large"
         limit = request.max_content_length
         message = f"The request body is larger than the limit of {limit} bytes."
-    else:
-        message = f"{exc.name}."
+    if exc.code == 413 or code == "server_busy":
+        get_serving().metrics.observe_rejection(code)
     response = _error(exc.code, message)
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value
+    return response
+
+
+@bp.errorhandler(OSError)
+@bp.errorhandler(MemoryError)
+def _unavailable(exc: Exception) -> Response:
+    """As the app's handler (server.errors), in the protocol's shape."""
+    log_unavailable(exc)
+    response = _error(503, UNAVAILABLE[1])
+    response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
 
 

@@ -27,13 +27,25 @@ def mnist_dir() -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_model_path(tmp_path: Path) -> Path:
+def save_tiny_model(folder: Path) -> Path:
     """An untrained DeepNetwork(784, 10, 16, 1) saved with MNIST-style preprocessing."""
     model = DeepNetwork(784, 10, 16, 1, rng=np.random.default_rng(0))
-    path = tmp_path / "tiny.npz"
+    path = folder / "tiny.npz"
     save(model, path, {"preprocessing": preprocessing_config(0.1307, 0.3081)})
     return path
+
+
+@pytest.fixture
+def tiny_model_path(tmp_path: Path) -> Path:
+    """The tiny model, in this test's own folder (it may change or replace the file)."""
+    return save_tiny_model(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_model_path(tmp_path_factory) -> Path:
+    """The tiny model, saved once for the tests that only read it (servers shared by a
+    module's tests)."""
+    return save_tiny_model(tmp_path_factory.mktemp("shared-tiny"))
 
 
 @pytest.fixture(scope="session")

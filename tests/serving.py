@@ -19,11 +19,11 @@ def gunicorn_env(model: Path, metrics_dir: Path | None = None, **extra: str | No
                                 **{"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2", **extra})
 
 
-def request(url: str, data=None, headers: dict | None = None):
+def request(url: str, data=None, headers: dict | None = None, timeout: float = 10):
     """(status, body bytes) of one HTTP request; HTTP errors are answers too."""
     req = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with servers.OPENER.open(req, timeout=10) as response:
+        with servers.OPENER.open(req, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -196,11 +196,12 @@ def test_security_context_is_locked_down(kind):
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert not context.get("privileged", False)
-    # the only writable place, /tmp, is an emptyDir, and the shared metrics live there
+    # /tmp is an emptyDir; the shared metrics live apart from it, in /dev/shm, so that a full
+    # /tmp cannot make the workers' writes to them fail
     mounts = {m["mountPath"]: m["name"] for m in container(spec)["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    assert env(spec)["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    assert env(spec)["PROMETHEUS_MULTIPROC_DIR"].startswith("/dev/shm/")
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "ServingRuntime"])

@@ -21,6 +21,7 @@ from models import (
     zero_init,
 )
 from models.module import StateDictError
+from models.registry import parameter_count
 
 
 def test_named_parameters_are_stable_dotted_names():
@@ -160,6 +161,26 @@ def test_config_rebuilds_the_same_architecture():
         build({"class": "DeepNetwork", "dim_input": 3})
     with pytest.raises(ValueError, match="hidden_dim must be a positive integer"):
         DeepNetwork(3, 2, 0, 1)
+
+
+@pytest.mark.parametrize("model", [
+    LinearNetwork(12, 3), DeepNetwork(12, 3, 7, 1), DeepNetwork(12, 3, 7, 3, tanh=True),
+    ConvNetwork(), ConvNetwork(channels=(4,), kernel_sizes=(3,), paddings=(1,), pool=1,
+                               hidden_dims=(), in_channels=2, image_size=9, dim_output=5),
+])
+def test_parameter_count_is_that_of_the_built_network(model):
+    assert parameter_count(model.config()) == model.num_parameters()
+
+
+def test_parameter_count_refuses_what_build_would():
+    with pytest.raises(ValueError, match="more than the 16,000,000 a model may have"):
+        build({"class": "DeepNetwork", "dim_input": 784, "dim_output": 10,
+               "hidden_dim": 20_000, "n_layers": 4})
+    with pytest.raises(ValueError, match="hidden_dim must be a positive integer"):
+        parameter_count({"class": "DeepNetwork", "dim_input": 3, "dim_output": 2,
+                         "hidden_dim": "many", "n_layers": 1})
+    with pytest.raises(ValueError, match="leaves no pixels"):
+        parameter_count({**ConvNetwork().config(), "kernel_sizes": [5, 29]})
 
 
 @pytest.mark.parametrize("tanh", [False, True])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -21,7 +22,9 @@ import pytest
 from drawing import digit_png
 from serving import request, running_gunicorn
 
+from bench.servers import proc_status, worker_pids
 from models import DeepNetwork, preprocessing_config, save
+from models.archive import META_KEY, read_archive
 from server import create_app
 from server.app import reload_model
 from server.model import MODEL_ID_LENGTH, file_sha256
@@ -170,7 +173,7 @@ def test_a_bad_replacement_is_refused_and_the_last_good_model_keeps_serving(serv
     assert load.failures == [], f"{len(load.failures)} of {sent} failed: {load.failures[:5]}"
     assert set(load.models) == {old_id}
     ready = get_json(base + "/readyz")
-    assert ready["model"] == old_id and ready["reload_error"]["file"] == str(path)
+    assert ready["model"] == old_id and ready["reload_error"]["file"] == path.name
     assert get_json(base + "/model")["id"] == old_id
     assert get_json(base + "/v2/models/digitgrad")["versions"] == [old_id]
     refused = [line for line in log.read_text().splitlines() if "reload refused" in line]
@@ -184,7 +187,24 @@ def test_a_bad_replacement_is_refused_and_the_last_good_model_keeps_serving(serv
     assert "reload_error" not in get_json(base + "/readyz")
 
 
-@pytest.mark.parametrize("problem", ["missing", "directory", "garbage"])
+def architecture_bomb(path: Path) -> None:
+    """A small file whose metadata declares a network of 1.2 billion parameters."""
+    save_model(path, seed=0)
+    arrays, meta = read_archive(path)
+    meta["architecture"].update(hidden_dim=20_000, n_layers=4)
+    tmp = path.with_name("bomb.npz")
+    np.savez(tmp, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+    os.replace(tmp, path)
+
+
+def fifo(path: Path) -> None:
+    """A named pipe at ``path``: a plain open() for reading waits for a writer forever."""
+    tmp = path.with_name("pipe")
+    os.mkfifo(tmp)
+    os.replace(tmp, path)
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "garbage", "fifo", "bomb"])
 def test_reload_model_keeps_the_current_model_whatever_the_file(tmp_path, problem):
     path = tmp_path / "model.npz"
     save_model(path, seed=0)
@@ -195,10 +215,64 @@ def test_reload_model_keeps_the_current_model_whatever_the_file(tmp_path, proble
         path.mkdir()
     elif problem == "garbage":
         path.write_bytes(b"\x00" * 100)
+    elif problem == "fifo":
+        fifo(path)
+    elif problem == "bomb":
+        architecture_bomb(path)
     swapped, message = reload_model(app)
     assert not swapped and message.startswith(f"model reload refused, still serving {old_id}: ")
     assert "\n" not in message and str(path) in message
     ready = app.test_client().get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["model"] == old_id
-    assert ready.get_json()["reload_error"]["file"] == str(path)
+    # the unauthenticated probe names the file, not where it lives
+    assert ready.get_json()["reload_error"]["file"] == "model.npz"
+    assert str(tmp_path) not in ready.get_data(as_text=True)
+
+
+def test_hostile_files_neither_hang_nor_swell_the_master(served):
+    """A FIFO at MODEL_PATH used to block the master in open() (a dead worker was then never
+    replaced); a file declaring a huge network took it to 4.7 GB."""
+    base, process, path, log = served
+    for make in (fifo, architecture_bomb):
+        make(path)
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload_error" in get_json(base + "/readyz"))
+        path.unlink()
+        save_model(path, seed=0)  # the good file again, for the next round
+    # the master still supervises: a killed worker is replaced
+    wait_until(lambda: len(worker_pids(process.pid)) == 2)  # the HUPs' old workers are gone
+    killed = worker_pids(process.pid)[0]
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: len(worker_pids(process.pid)) == 2
+               and killed not in worker_pids(process.pid))
+    assert get_json(base + "/readyz")["model"] == model_id(path)
+    # The file is read to its metadata, no further: the master stays near its start-up size
+    # (its peak covers the app and two loads of this small model).
+    assert proc_status(process.pid)["VmHWM"] < 150 * 2**20
+
+
+def test_reloads_keep_the_metrics_directory_small_and_the_totals(tiny_model_path, tmp_path):
+    """Each HUP starts new workers; the files of the old ones are folded into one per type
+    (server/metrics.py retire_worker), and every count survives."""
+    metrics_dir = tmp_path / "prometheus"
+    with running_gunicorn(tiny_model_path, tmp_path / "gunicorn.log", metrics_dir) as (
+            base, process):
+        png = digit_png()
+        sent = 0
+        for _ in range(4):
+            for _ in range(10):
+                assert request(base + "/predict", png, {"Content-Type": "image/png"})[0] == 200
+                sent += 1
+            old = set(worker_pids(process.pid))
+            process.send_signal(signal.SIGHUP)
+            wait_until(lambda old=old: len(worker_pids(process.pid)) == 2
+                       and not old & set(worker_pids(process.pid)))
+        # the files of two live workers (a counter and a histogram each, once they have
+        # served) and of the retired ones: not one per worker ever started (10 here)
+        files = sorted(path.name for path in metrics_dir.iterdir())
+        assert len(files) <= 6 and "counter_retired.db" in files, files
+        status, body = request(base + "/metrics")
+    line = re.search(rb'digitgrad_http_requests_total\{method="POST",route="/predict",'
+                     rb'status="200"\} (\S+)', body)
+    assert status == 200 and line and float(line.group(1)) == sent

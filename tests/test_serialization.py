@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from models import (
     save,
     write_checkpoint,
 )
+from models import archive as archive_module
 from models.archive import FORMAT_VERSION, META_KEY, read_archive
 
 
@@ -214,7 +216,7 @@ def test_plain_npz_without_metadata(tmp_path, model):
 
 
 def test_wrong_keys(saved):
-    rewrite(saved, layers__2__b=None, bogus=np.zeros(2, np.float32))
+    rewrite(saved, layers__2__b=None, bogus=np.zeros(20, np.float32))
     expect_error(saved, "Error(s) loading model.npz into DeepNetwork", 'missing "layers.2.b"',
                  'unexpected "bogus"')
 
@@ -284,3 +286,84 @@ def test_a_file_another_user_cannot_reach_is_one_clear_error(model, tmp_path, lo
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{path}: cannot be read (Permission denied)"
+
+
+# --- files that would hang or blow up a loader (a server's master reloads model files) ------
+
+
+def load_in_thread(path) -> str:
+    """load(path)'s error message; fails the test if load does not return within 10 s."""
+    outcome = []
+
+    def run():
+        try:
+            load(path)
+        except ModelFileError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "load() blocked"
+    return outcome[0]
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "model.npz"
+    os.mkfifo(fifo)
+    assert load_in_thread(fifo) == f"{fifo}: not a regular file"
+
+
+def test_devices_and_directories_are_not_model_files(tmp_path):
+    for path in (Path("/dev/zero"), tmp_path):
+        assert load_in_thread(path) == f"{path}: not a regular file"
+
+
+def write_member(path: Path, name: str, header_shape: tuple, payload: bytes,
+                 compression=zipfile.ZIP_DEFLATED) -> None:
+    """A one-member zip whose .npy header declares ``header_shape`` float32, then ``payload``."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": header_shape})
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        archive.writestr(name, header.getvalue() + payload)
+
+
+def test_a_zip_bomb_is_refused_from_its_declared_sizes(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive_module, "MAX_ARCHIVE_BYTES", 1 << 20)
+    path = tmp_path / "model.npz"
+    write_member(path, "layers.0.W.npy", (1 << 20,), bytes(4 << 20))  # 4 MB of zeros: ~4 kB
+    assert path.stat().st_size < 10_000
+    message = load_in_thread(path)
+    assert "its arrays would take 4,194," in message and "more than the 1,048,576" in message
+
+
+def test_an_array_header_larger_than_its_member_is_refused(tmp_path):
+    path = tmp_path / "model.npz"
+    write_member(path, "layers.0.W.npy", (10**12,), bytes(64), zipfile.ZIP_STORED)
+    assert "declares an array of 4,000,000,000,000 bytes in a member of" in load_in_thread(path)
+
+
+def test_a_huge_central_directory_is_refused(tmp_path, saved, monkeypatch):
+    monkeypatch.setattr(archive_module, "MAX_DIRECTORY_BYTES", 100)
+    assert "more than the 100 a model file may" in load_in_thread(saved)
+
+
+@pytest.mark.parametrize(("hidden", "problem"), [
+    (200, "its architecture (DeepNetwork) has 125,604 parameters, its arrays hold only 276"),
+    # the 6.7 kB file of the review: with hidden_dim 20000 it would take gigabytes to build
+    (20_000, "DeepNetwork with 1,200,560,004 parameters: more than the 16,000,000 a model"),
+])
+def test_an_architecture_bigger_than_its_arrays_is_refused_before_it_is_built(
+        saved, hidden, problem):
+    _, meta = read_archive(saved)
+    rewrite(saved, meta={"architecture": {**meta["architecture"], "hidden_dim": hidden,
+                                          "n_layers": 4}})
+    assert problem in load_in_thread(saved)
+
+
+def test_deeply_nested_metadata_is_refused(saved):
+    arrays, meta = read_archive(saved)
+    nested = "[" * 100_000 + "]" * 100_000
+    np.savez(saved, **arrays, **{META_KEY: np.array(json.dumps(meta)[:-1] + f', "x": {nested}}}')})
+    assert "metadata is nested too deeply" in load_in_thread(saved)

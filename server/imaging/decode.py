@@ -334,8 +334,13 @@ def _pixels(im: Image.Image) -> np.ndarray:
 
 
 def _scale_deep(array: np.ndarray) -> np.ndarray:
-    """16/32-bit integer or float pixels to [0, 1], guessing the range from the values."""
-    array = np.nan_to_num(array)
+    """16/32-bit integer or float pixels to [0, 1], guessing the range from the values. NaN
+    is 0, +inf the largest of 0 and the finite values, -inf the smallest."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        values = array[finite]
+        array = np.nan_to_num(array, nan=0.0, posinf=values.max(initial=0.0),
+                              neginf=values.min(initial=0.0))
     high = float(array.max()) if array.size else 0.0
     low = float(array.min()) if array.size else 0.0
     if low >= 0 and high <= 1:
@@ -344,4 +349,5 @@ def _scale_deep(array: np.ndarray) -> np.ndarray:
         return (array / 255.0).astype(np.float32)
     if low >= 0 and high <= 65535:
         return (array / 65535.0).astype(np.float32)
-    return ((array - low) / max(high - low, 1e-12)).astype(np.float32)
+    # halved first: high - low of two extreme float64s would overflow to inf
+    return ((array * 0.5 - low * 0.5) / max(high * 0.5 - low * 0.5, 1e-300)).astype(np.float32)

@@ -44,14 +44,16 @@ class ImageTooLarge(ImageError):  # noqa: N818 - the API's names for the answers
 
 
 class NoDigitFound(ImageError):  # noqa: N818 - the API's names for the answers
-    """Nothing that looks like ink on paper: a blank or uniformly inked image."""
+    """Nothing that looks like a digit on paper: a blank or uniformly inked image, or too
+    little ink to be a digit (a speck, a thin rule, a picture a few pixels across)."""
 
     code = "no_digit_found"
 
     def __init__(self):
         super().__init__(
-            "No digit found: the image looks blank or uniformly inked. Send a dark digit on "
-            "light paper, or a light digit on a dark background.")
+            "No digit found: the image looks blank or uniformly inked, or holds too little ink "
+            "to be a digit (a speck, a thin line). Send a dark digit on light paper, or a "
+            "light digit on a dark background.")
 
 
 class TooManyDigits(ImageError):  # noqa: N818 - the API's names for the answers

@@ -14,6 +14,13 @@ from server.imaging.errors import NoDigitFound
 # this bright (the 90th percentile of the ink, which the pipeline would scale to 1, as nearly
 # all of MNIST's test digits do): the pipeline's scaling would change it by less than 0.05.
 MNIST_INK = 0.95
+# What a digit needs, at least: ink MIN_HEIGHT pixels tall (of the picture the pipeline works
+# on) in a picture at least that size both ways, and no more than MAX_ASPECT times wider than
+# tall (MNIST's widest digits are 2.2 times their height). A lit pixel, a speck, a hairline
+# rule along an edge or a picture a few pixels across holds no digit, whatever the model would
+# answer for it.
+MIN_HEIGHT = 4
+MAX_ASPECT = 4.0
 
 
 def normalise(crop: np.ndarray) -> np.ndarray:
@@ -23,6 +30,18 @@ def normalise(crop: np.ndarray) -> np.ndarray:
         return framing.normalise(crop)
     except framing.NoInkError:
         raise NoDigitFound() from None
+
+
+def digit_shaped(crop: np.ndarray) -> bool:
+    """Whether ink cropped to it (``crop_to_ink``) is tall and narrow enough to be a digit."""
+    h, w = crop.shape
+    return h >= MIN_HEIGHT and w <= MAX_ASPECT * h
+
+
+def check_picture(size: tuple[int, int]) -> None:
+    """NoDigitFound for a picture (width, height) under MIN_HEIGHT pixels either way."""
+    if min(size) < MIN_HEIGHT:
+        raise NoDigitFound()
 
 
 def crop_to_ink(ink: np.ndarray) -> np.ndarray:
@@ -50,8 +69,9 @@ def is_mnist_format(gray: np.ndarray) -> bool:
     if gray.shape != (SIDE, SIDE):
         return False
     flat = gray.reshape(-1)
-    if flat[arrays.border_index(SIDE, SIDE)].any() or 2 * np.count_nonzero(flat) >= flat.size:
-        return False
+    inked = np.count_nonzero(flat)
+    if not inked or 2 * inked >= flat.size or flat[arrays.border_index(SIDE, SIDE)].any():
+        return False  # blank (the pipeline says so), inverted, or ink on the border
     row_sums, col_sums = gray.sum(axis=1), gray.sum(axis=0)
     rows, cols = row_sums.nonzero()[0], col_sums.nonzero()[0]
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1

@@ -9,7 +9,13 @@ import numpy as np
 from models import arrays
 from server.imaging.decode import decode, decode_half
 from server.imaging.errors import NoDigitFound
-from server.imaging.normalise import crop_to_ink, is_mnist_format, normalise
+from server.imaging.normalise import (
+    check_picture,
+    crop_to_ink,
+    digit_shaped,
+    is_mnist_format,
+    normalise,
+)
 from server.imaging.paper import composite, extract_ink
 from server.imaging.pieces import keep_digit
 
@@ -31,7 +37,8 @@ def to_mnist(data: bytes, *, max_pixels: int = 40_000_000) -> np.ndarray:
     half = decode_half(data, max_pixels, HALF_SIZE)  # a JPEG libjpeg decodes smaller for us
     crop = None if half is None else _digit_if_big(half)
     if crop is None:
-        gray, alpha, _ = decode(data, max_pixels)
+        gray, alpha, size = decode(data, max_pixels)
+        check_picture(size)
         if alpha is None and is_mnist_format(gray):
             return gray
         if alpha is not None:
@@ -40,6 +47,8 @@ def to_mnist(data: bytes, *, max_pixels: int = 40_000_000) -> np.ndarray:
             crop = _digit_if_big(arrays.halve(gray))
         if crop is None:
             crop = crop_to_ink(keep_digit(*extract_ink(gray)))
+    if not digit_shaped(crop):
+        raise NoDigitFound()
     return normalise(crop)
 
 
@@ -58,6 +67,7 @@ def ink_map(data: bytes, max_pixels: int) -> tuple[np.ndarray, bool, float]:
     """Decoded ink strength in [0, 1] (0 on paper), whether the paper is a framed sheet, and
     the size of one of its pixels in pixels of the upright original."""
     gray, alpha, (width, height) = decode(data, max_pixels)
+    check_picture((width, height))
     if alpha is not None:
         gray = composite(gray, alpha)
     ink, framed = extract_ink(gray)

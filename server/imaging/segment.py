@@ -12,7 +12,7 @@ import numpy as np
 
 from server.imaging.decode import WORK_SIZE
 from server.imaging.errors import NoDigitFound, TooManyDigits
-from server.imaging.normalise import crop_to_ink, normalise
+from server.imaging.normalise import crop_to_ink, digit_shaped, normalise
 from server.imaging.pieces import Blobs, blobs
 from server.imaging.pipeline import ink_map
 
@@ -46,12 +46,14 @@ def to_mnist_digits(data: bytes, *, max_pixels: int = 40_000_000,
         raise NoDigitFound()
     tallest = max(bottom - top for _, (_, top, _, bottom), _ in found)
     heaviest = max(mass for *_, mass in found)
-    found = [(digit, box) for digit, box, mass in found
+    found = [(crop_to_ink(digit), box) for digit, box, mass in found
              if box[3] - box[1] >= SMALL * tallest or mass >= SMALL * heaviest]
+    found = [(crop, box) for crop, box in found if digit_shaped(crop)]  # no dashes or specks
+    if not found:
+        raise NoDigitFound()
     if len(found) > max_digits:
         raise TooManyDigits(len(found), max_digits)
-    return [(normalise(crop_to_ink(digit)), _original_box(box, scale))
-            for digit, box in found]
+    return [(normalise(crop), _original_box(box, scale)) for crop, box in found]
 
 
 def _original_box(box: tuple[int, int, int, int], scale: float) -> Box:
