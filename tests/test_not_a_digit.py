@@ -140,3 +140,21 @@ def test_a_trained_model_refuses_font_letters_and_keeps_mnist_digits(not_a_digit
     predicted, _, answer = bench.evaluate_uploads(module, preprocessing, digits, decision)
     assert np.mean(~answer.is_digit) <= 0.03, "refused too many MNIST digits"
     assert np.mean(predicted == test.labels[:300]) >= 0.9
+
+
+def test_the_benchmark_keeps_styles_out_of_tuning():
+    """Every not-digit of the benchmark's corpus says whether its style (font family, letter,
+    doodle, photo scene, clothing class, noise) is one tuning may look at or a held-out one."""
+    from bench import corpora
+
+    if not corpora.fonts():
+        pytest.skip("no fonts: apt install fonts-dejavu-core fonts-liberation")
+    uploads = corpora.not_digit_set(96, seed=5)
+    assert {u.tags["styles"] for u in uploads} == {"dev", "held-out"}
+    for upload in uploads:
+        tags = upload.tags
+        if tags["kind"] == "doodles":
+            held_out = tags["doodle"] in corpora.HELD_OUT_STYLES["doodles"]
+            assert (tags["styles"] == "held-out") == held_out
+        if tags["kind"] == "photos":
+            assert tags["scene"] in (*corpora.PHOTO_SCENES, "texture", "noise-scene")
