@@ -470,7 +470,12 @@ def _most_refused(uploads: list, predicted: np.ndarray, result: Scores, tags: li
                 cells.append((float(np.mean(~result.is_digit[mask])), f"{tag}={v}",
                               int(mask.sum())))
     cells.sort(reverse=True)
-    return "  ".join(f"{name} {100 * r:.1f}% ({n})" for r, name, n in cells[:k])
+    over = {tag: sum(1 for r, name, _ in cells if name.startswith(f"{tag}=") and r > 0.005)
+            for tag in tags}
+    counts = ", ".join(f"{tag} {over[tag]} of {sum(1 for c in cells if c[1].startswith(tag + '='))}"
+                       for tag in tags)
+    return ("  ".join(f"{name} {100 * r:.1f}% ({n})" for r, name, n in cells[:k])
+            + f"  (over 0.5%: {counts})")
 
 
 def read_idx(path: Path) -> np.ndarray:
