@@ -62,6 +62,15 @@ def test_synthetic_images_are_appended_with_their_labels():
     np.testing.assert_array_equal(out.images, again.images)
 
 
+def test_a_blank_picture_stays_blank():
+    """A picture with no ink the server would see (a texture drawn too faint) is framed as a
+    blank image, not an error that stops the run."""
+    pictures = np.zeros((3, 28, 28), np.uint8)
+    pictures[1, 5, 5] = 2  # below the ink threshold
+    framed = clothes(pictures, 3, np.random.default_rng(0))
+    assert framed.shape == (3, 28, 28) and not framed.any()
+
+
 def _png(ink: np.ndarray) -> bytes:
     """An ink map (1: ink) as dark ink on white paper, a PNG."""
     import io

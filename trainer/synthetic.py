@@ -344,8 +344,10 @@ def _as_seen(ink: np.ndarray) -> np.ndarray:
     90th percentile is 1 (the server's ink stage), then ``models.framing.frame`` (the
     normalisation stage itself: filled shapes are thinned, hairlines thickened)."""
     visible = ink[ink > 0.01]
-    peak = float(np.percentile(visible, 90)) if visible.size else 1.0
-    return framing.frame(np.minimum(ink / max(peak, 1e-3), 1).astype(np.float32))
+    if not visible.size:  # nothing the server would see as ink: a blank picture
+        return np.zeros((SIDE, SIDE), dtype=np.float32)
+    peak = float(np.percentile(visible, 90))
+    return framing.frame(np.minimum(ink / peak, 1).astype(np.float32) * (ink > 0.01))
 
 
 def _box(yy, xx, top, bottom, left, right):
