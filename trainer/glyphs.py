@@ -157,19 +157,3 @@ SYMBOLS: dict[str, list] = {
     "Γ": [line((0.6, 0), (0, 0), (0, 1))],
     "Π": [line((0, 1), (0, 0), (0.7, 0), (0.7, 1))],
 }
-
-#: Typeset forms of letters whose printed shape differs from the written one (a two-storey
-#: a, a G with a spur, a J hanging from a bar, a t with a curved foot), drawn with serifs.
-TYPESET: dict[str, list] = {
-    "a": [path(arc(0.3, 0.3, 0.25, 0.22, 200, 360), line((0.55, 0.3), (0.55, 1), (0.65, 1))),
-          path(line((0.55, 0.55), (0.25, 0.58)), arc(0.27, 0.78, 0.25, 0.22, 270, 450),
-               line((0.27, 1), (0.55, 0.85)))],
-    "G": [path(arc(0.4, 0.5, 0.4, 0.5, -45, -360), line((0.8, 0.5), (0.8, 0.95))),
-          line((0.5, 0.55), (0.95, 0.55))],
-    "J": [line((0.2, 0), (0.8, 0)), path(line((0.55, 0), (0.55, 0.75)),
-                                       arc(0.33, 0.75, 0.22, 0.25, 0, 170))],
-    "t": [path(line((0.2, 0), (0.2, 0.8)), arc(0.4, 0.8, 0.2, 0.2, 180, 90)),
-          line((0, 0.3), (0.5, 0.3))],
-    "f": [path(arc(0.5, 0.18, 0.2, 0.18, -10, -180), line((0.3, 0.18), (0.3, 1))),
-          line((0.05, 0.4), (0.55, 0.4)), line((0.1, 1), (0.5, 1))],
-}

@@ -15,7 +15,7 @@ import numpy as np
 
 from models import framing
 from trainer.data import Split
-from trainer.glyphs import DIGITS, SYMBOLS, TYPESET
+from trainer.glyphs import DIGITS, SYMBOLS
 from trainer.strokes import SIDE, arc, hand, line, path, render
 
 #: Pen widths in pixels of the 28x28 image: the range the server's pipeline leaves strokes in
@@ -275,14 +275,6 @@ def _eye(rng):
             arc(0.5, 0.5, 0.17, 0.17, 0, 360)]
 
 
-def _bumps(rng):
-    """A closed outline with bumps all round (a cloud, a bush, a sheep), or a few big ones."""
-    k = int(rng.integers(4, 10))
-    t = np.linspace(0, 2 * np.pi, 40 * k)
-    r = 0.5 + rng.uniform(0.08, 0.2) * np.abs(np.sin(k * t / 2 + rng.uniform(0, np.pi)))
-    return [np.stack([r * np.cos(t) * rng.uniform(1, 1.8), r * np.sin(t)], 1)]
-
-
 def _tally(rng):
     k = int(rng.integers(3, 6))
     shape = [line((i * 0.2, 0), (i * 0.2, 1)) for i in range(k)]
@@ -292,7 +284,7 @@ def _tally(rng):
 DOODLES = (_star, _heart, _spiral, _house, _arrow, _face, _zigzag, _scribble, _sun, _cloud,
            _flower, _polygon, _wave, _lightning, _coil, _grid, _stick_figure, _tree, _fish,
            _envelope, _hatch, _concentric, _note, _key, _umbrella, _cup, _birds, _boat,
-           _crown, _mountains, _diamond, _ticks, _loops, _bars, _eye, _tally, _bumps)
+           _crown, _mountains, _diamond, _ticks, _loops, _bars, _eye, _tally)
 
 
 # --- photo-like textures and noise: ink maps framed as uploads ----------------------------
@@ -450,25 +442,19 @@ def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None 
     drawn = np.flatnonzero(np.isin(kind, [names.index(k) for k in ("symbols", "doodles")
                                           if k in names]))
     symbols = list(SYMBOLS.values())
-    typeset = list(SYMBOLS.values()) + list(TYPESET.values())
     shapes, widths = [], []
     for i, width in zip(drawn, _widths(len(drawn), rng)):
-        # letters, symbols and doodles come wider than the stroke table's narrow, handwritten
-        # proportions too (a font's ">" is wider than tall); never narrower, which would
-        # make an L or a T a 1
-        wider = np.array([rng.uniform(1.0, 1.6), 1.0])
         if names[kind[i]] == "symbols":
-            if rng.random() < 0.5:  # typeset: serifs, thick and thin strokes, no tremor
-                shape = [s * wider for s in typeset[int(rng.integers(len(typeset)))]]
+            typeset = rng.random() < 0.5  # serifs, thick and thin strokes, no tremor
+            shape = symbols[int(rng.integers(len(symbols)))]
+            if typeset:
                 shape = shape + _serifs(shape, rng)
                 shapes.append(hand(shape, rng, tremor=0.0, rotation=8, wobble=0.005))
                 widths.append(width * rng.uniform(0.5, 1.3, len(shape)))
                 continue
-            shape = symbols[int(rng.integers(len(symbols)))]
         else:
             shape = DOODLES[int(rng.integers(len(DOODLES)))](rng)
-        shapes.append(hand([s * wider for s in shape], rng, tremor=rng.uniform(0.0, 0.8),
-                           rotation=20))
+        shapes.append(hand(shape, rng, tremor=rng.uniform(0.0, 0.8), rotation=20))
         widths.append(width)
     if shapes:
         out[drawn] = render(shapes, widths)
