@@ -33,7 +33,8 @@ DEFAULT_NOT_DIGITS = {"mnist": 6000, "fashion-mnist": 0}
 DEFAULT_CLOTHES = {"mnist": 2000, "fashion-mnist": 0}
 DEFAULT_PEN_DIGITS = {"mnist": 2000, "fashion-mnist": 0}
 #: Epochs by (data set, architecture), 20 elsewhere: MNIST's CNN sees the generated images
-#: too (58,000 images an epoch), so 18 of its epochs cost about what 20 of MNIST alone did
+#: and the clothes too (60,000 images an epoch), so 18 of its epochs cost about what 20 of
+#: MNIST alone did
 #: (docs/benchmarks.md).
 DEFAULT_EPOCHS = {("mnist", "cnn"): 18}
 #: The CNN's layers by data set: Fashion-MNIST's textures want more filters, MNIST's 180 s
