@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     hyper(train, "--clothes", "Fashion-MNIST training images (from $FASHION_MNIST_DIR, "
                               "Debian's dataset-fashion-mnist or the cache, downloaded and "
                               "checked when missing) added as not-digits beside the generated "
-                              "ones; without the data set, a warning and none (default: 2000 "
-                              "with --not-digits, else 0)", type=_non_negative_int, metavar="N")
+                              "ones (needs --not-digits); without the data set, a warning and "
+                              "none (default: 0)", type=_non_negative_int, metavar="N")
     hyper(train, "--patience", "stop after N epochs without a better validation accuracy "
                                "(0: never)", type=_non_negative_int, metavar="N")
     hyper(train, "--seed", "same seed and flags give identical parameter arrays",
