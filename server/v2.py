@@ -17,13 +17,15 @@ Tensor data may be JSON or
 binary (the binary tensor data extension); errors are the protocol's ``{"error": "<message>"}``.
 Every count and size is checked before any image is decoded or any product computed: a
 ``pixels`` body is bounded by the bytes MAX_TENSOR_IMAGES images can take (JSON or binary)
-before it is read, its JSON's arrays and values counted before it is parsed, then parsed by
+before it is read; any request's JSON has its arrays and values counted before it is parsed
+(against what its images need), then is parsed by
 orjson (no Python recursion; nesting deeper than 1,024 is an error); the model runs over it
 in chunks (server/inference.py), so memory is bounded by the chunk whatever the batch.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +51,11 @@ LENGTH_PREFIX = 4
 #: longest float repr a client typically sends for k / 255 (0.0039215686274509803), a
 #: separator, nesting brackets.
 IMAGE_JSON_BYTES = SIDE * SIDE * 24
+#: Arrays and values a request's JSON may hold beyond its tensors' data: the request object,
+#: its inputs and outputs, their shapes and parameters.
+JSON_OVERHEAD = 64
+#: A JSON string, escapes included.
+JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class V2Error(Exception):
@@ -234,8 +241,7 @@ def infer(name: str, version: str | None = None):
     with serving.metrics.stage("decode"):
         body = request.get_data(cache=False)
         check_streamed_body()
-        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH),
-                                    max_batch if spec is PIXELS else None)
+        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH), spec, max_batch)
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
     explain = any(name == "attributions" for name, _binary in outputs)
@@ -262,11 +268,11 @@ def infer(name: str, version: str | None = None):
         return _infer_response(name, model.model_id, query.get("id"), outputs, tensors)
 
 
-def _split_body(body: bytes, header_length: str | None,
-                max_images: int | None = None) -> tuple[dict, memoryview]:
+def _split_body(body: bytes, header_length: str | None, spec: TensorSpec,
+                max_images: int) -> tuple[dict, memoryview]:
     """The JSON inference request and the binary data after it (empty without the header);
-    with ``max_images``, the JSON's shape is checked against that many images' before it is
-    parsed (``_check_pixels_json``)."""
+    the JSON's shape is checked against what ``max_images`` images of ``spec`` need before it
+    is parsed (``_check_json_shape``)."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
@@ -278,8 +284,7 @@ def _split_body(body: bytes, header_length: str | None,
             raise V2Error(400, f"{HEADER_LENGTH} must be the byte length of the JSON at the "
                                "start of the body.")
         json_part, binary = body[:length], memoryview(body)[length:]
-    if max_images is not None:
-        _check_pixels_json(json_part, max_images)
+    _check_json_shape(json_part, spec, max_images)
     try:
         query = orjson.loads(json_part)
     except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, nesting > 1,024
@@ -294,19 +299,27 @@ def _split_body(body: bytes, header_length: str | None,
     return query, binary
 
 
-def _check_pixels_json(json_part: bytes, max_images: int) -> None:
+def _check_json_shape(json_part: bytes, spec: TensorSpec, max_images: int) -> None:
     """Refuse, before parsing, JSON with more arrays, objects or values than ``max_images``
-    images need: parsed, each costs a Python object (an empty list 56 bytes, a float 24, plus
-    8 in its list), so a body within the byte limit written as ``[],[],...`` or ``1.5,1.5,...``
-    would take 10-20 times its size in memory. Counting brackets and commas bounds the parsed
-    request by what the largest legitimate one takes (nested: one array per image and per
-    row; a comma between values), whatever strings may hide inside it."""
-    containers = json_part.count(b"[") + json_part.count(b"{")
-    values = json_part.count(b",")
-    if containers > max_images * (1 + SIDE) + 64 or values > max_images * SIDE * SIDE + 64:
-        raise V2Error(400, f"The request holds more JSON arrays or values than {max_images} "
-                           "28x28 images need; send at most that many, as one flat or nested "
-                           "list per input.")
+    images of ``spec`` need: parsed, each costs a Python object (an empty list 56 bytes, a
+    float 24, plus 8 in its list), so a body within the byte limit written as ``[],[],...`` or
+    ``1.5,1.5,...`` would take 10-20 times its size in memory (83 MB of ``[],`` sent to the
+    image model took a worker to 2.5 GB). Pixels need one array per image and per row and a
+    comma between values; image files one string each. Brackets and commas are counted over
+    the whole JSON first (fast); only when that is over the bound are they counted again
+    outside its strings, which may hold any of them."""
+    if spec.dtype is None:
+        most_containers, most_values = JSON_OVERHEAD, max_images + JSON_OVERHEAD
+    else:
+        most_containers = max_images * (1 + SIDE) + JSON_OVERHEAD
+        most_values = max_images * SIDE * SIDE + JSON_OVERHEAD
+    for text in (json_part, JSON_STRING.sub(b'""', json_part)):
+        containers = text.count(b"[") + text.count(b"{")
+        if containers <= most_containers and text.count(b",") <= most_values:
+            return
+    raise V2Error(400, f"The request holds more JSON arrays or values than {max_images} "
+                       f"{'image files' if spec.dtype is None else '28x28 images'} need; send "
+                       "at most that many, as one flat or nested list per input.")
 
 
 def _input_data(query: dict, spec: TensorSpec, binary: memoryview, max_batch: int,

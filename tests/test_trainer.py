@@ -454,6 +454,19 @@ def test_a_checkpoint_naming_the_dense_widths_fc_dims_resumes_as_the_cnn_it_was(
     assert meta["training"]["hidden_dims"] == [32] and "fc_dims" not in meta["training"]
 
 
+def test_a_checkpoint_whose_arrays_do_not_fit_is_one_line_not_a_traceback(tmp_path, synth_dir,
+                                                                           capsys):
+    assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
+    path = tmp_path / "ckpt" / CHECKPOINT_NAME
+    arrays, meta = read_checkpoint(path)
+    arrays["model/layers.0.W"] = arrays["model/layers.0.W"][:, :3]
+    np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+    assert run(tmp_path, synth_dir, "--resume", "--epochs", "2", "--quiet", arch=()) == 2
+    err = capsys.readouterr().err
+    assert "does not fit its own configuration" in err and "layers.0.W" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_resume_refuses_other_data(tmp_path, synth_dir, capsys):
     assert run(tmp_path, synth_dir, "--epochs", "1", "--quiet") == 0
     other = write_synthetic_mnist(tmp_path / "other", seed=1)

@@ -460,6 +460,23 @@ def test_json_of_more_values_than_the_images_need_is_refused_unparsed(client, mo
     assert "more JSON arrays or values" in assert_v2_error(response, 400)
 
 
+def test_the_image_models_json_is_counted_before_parsing_too(client, monkeypatch):
+    # 83 MB of [], within the image model's body limit took a worker to 2.5 GB parsed
+    body = (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ['
+            + b"[]," * 5_000 + b"[]]}]}")
+    with monkeypatch.context() as patch:
+        patch.setattr(v2.orjson, "loads", lambda *a: pytest.fail("parsed a bomb"))
+        response = infer(client, body, model="digitgrad-image")
+    assert "more JSON arrays or values than" in assert_v2_error(response, 400)
+
+
+def test_brackets_and_commas_inside_strings_are_not_counted(client):
+    text = '[{"a": 1, "b": [2, 3]}, ' * 1000 + '\\" ,[ "'  # text, escapes and quotes
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [text]}],
+            "id": "[" * 500}
+    assert "Image 0" in assert_v2_error(infer(client, body, model="digitgrad-image"), 400)
+
+
 def test_the_largest_nested_json_request_passes_the_shape_check(client):
     images = strokes(MAX_TENSOR_IMAGES)
     query = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": list(images.shape),

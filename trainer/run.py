@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from models import digitgrad_version, preprocessing_config, save
+from models import ModelFileError, digitgrad_version, preprocessing_config, save
 from models.decision import scores
 from trainer.calibrate import calibrate, calibration_set, logits_of
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
@@ -140,7 +140,11 @@ def train(job: Job, stop: StopFlag) -> int:
         raise UsageError(f"--arch {config.arch}: {exc}") from exc
     session = Session(model, build_optimizer(model, config), config)
     if checkpoint is not None:
-        checkpoint.restore(session)
+        try:
+            checkpoint.restore(session)
+        except (ValueError, KeyError) as exc:  # arrays that do not fit the checkpoint's config
+            raise ModelFileError(checkpoint_path, f"does not fit its own configuration ({exc})"
+                                 "; start afresh without --resume") from exc
         progress.message(f"resuming from {checkpoint_path}: epoch {session.state.epoch}"
                          + (f", batch {session.state.batch}" if session.state.batch else "")
                          + f" of {config.epochs}")
