@@ -3,10 +3,11 @@
 An app-level refusal comes too late under overload: a request first waits for one of the
 worker's threads and for the GIL, and its refusal still costs a pass through gunicorn and
 Flask, so clients that retry at once keep the worker busy refusing. server/worker.py instead
-answers here, in its event loop, a keep-alive request that arrives while the worker already
-has enough in progress: when the bytes at hand are exactly one complete, simple request
-(a Content-Length body or none; no chunked body, no ``Expect``) for a prediction route. Anything
-else takes the normal path, its bytes handed back to gunicorn's parser.
+answers here, in its event loop, a request that arrives (a new connection's first or a
+keep-alive connection's next) while the worker already has enough in progress: when the bytes
+waiting are exactly one complete, simple request (a Content-Length body or none; no chunked
+body, no ``Expect``) for a prediction route. Anything else takes the normal path, its bytes
+left unread for gunicorn's parser.
 """
 
 from __future__ import annotations

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from drawing import digit_png
 from serving import request, running_gunicorn
 
 from server.shedding import overloaded_response, simple_request
+from server.worker import PEEK_BYTES
 
 
 def raw(start: bytes, body: bytes = b"", **headers: str) -> bytes:
@@ -57,67 +61,153 @@ def test_the_answer_is_the_apps_refusal():
 
 
 def read_response(conn: socket.socket) -> bytes:
+    """One response from ``conn``, leaving what follows it unread."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
+        data += received(conn, 1)
     head, body = data.split(b"\r\n\r\n", 1)
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length")))
     while len(body) < length:
-        body += conn.recv(65536)
+        body += received(conn, length - len(body))
     return head + b"\r\n\r\n" + body
+
+
+def received(conn: socket.socket, size: int) -> bytes:
+    data = conn.recv(size)
+    assert data, "the server closed the connection without an answer"
+    return data
+
+
+@contextmanager
+def one_worker(model, tmp_path) -> Iterator[tuple[str, tuple[str, int]]]:
+    """One gunicorn worker of 4 threads whose compute slot has no line (MAX_QUEUED_REQUESTS 0):
+    one request in progress makes it busy. Yields (base URL, address)."""
+    with running_gunicorn(model, tmp_path / "log", tmp_path / "metrics",
+                          WEB_CONCURRENCY="1", GUNICORN_THREADS="4", MAX_QUEUED_REQUESTS="0",
+                          CLIENT_READ_TIMEOUT="60") as (base, _process):
+        host, port = base.removeprefix("http://").split(":")
+        yield base, (host, int(port))
+
+
+@contextmanager
+def stalled_uploads(address: tuple[str, int]) -> Iterator[None]:
+    """Two prediction requests in progress until their bodies come: never. Neither holds the
+    compute slot (a body is read first), so what the worker lets through is still served."""
+    stalled = [socket.create_connection(address, timeout=30) for _ in range(2)]
+    try:
+        for conn in stalled:
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 1000\r\n\r\n\x89PNG")
+        yield
+    finally:
+        for conn in stalled:
+            conn.close()
+
+
+def prediction(body: bytes, connection: str = "keep-alive") -> bytes:
+    return (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Connection: {connection}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def first_request_shed(address: tuple[str, int], post: bytes) -> bytes:
+    """A new connection's prediction, again until both stalls have reached a thread and it is
+    refused: that 503."""
+    for _ in range(100):
+        with socket.create_connection(address, timeout=30) as conn:
+            conn.sendall(post)
+            answer = read_response(conn)
+        if answer.startswith(b"HTTP/1.1 503"):
+            return answer
+        assert answer.startswith(b"HTTP/1.1 200")
+    pytest.fail("the worker never shed")
+
+
+def assert_overloaded(answer: bytes) -> None:
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1\r\n" in head
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "overloaded"
+
+
+def shed_by_the_loop(base: str, log: Path, route: str) -> int:
+    """503s in the request log beyond those Flask answered (and counted in its route metric);
+    the rejection metric counts both."""
+    metrics = request(base + "/metrics")[1].decode()
+    assert 'digitgrad_rejections_total{reason="overloaded"}' in metrics
+    by_flask = re.search(rf'route="{re.escape(route)}",status="503"\}} (\d+)', metrics)
+    logged = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    shed = [line for line in logged if line["status"] == 503]
+    assert {line["route"] for line in shed} <= {route}
+    return len(shed) - (int(by_flask.group(1)) if by_flask else 0)
 
 
 def test_a_busy_worker_answers_a_keep_alive_prediction_from_its_event_loop(tiny_model_path,
                                                                             tmp_path):
+    post = prediction(digit_png())
+    with one_worker(tiny_model_path, tmp_path) as (base, address):
+        with socket.create_connection(address, timeout=30) as client:
+            # a kept-alive connection; its first answer may be a 503 while the readiness
+            # checks' last request is still in progress
+            client.sendall(post)
+            assert read_response(client)[:12] in (b"HTTP/1.1 200", b"HTTP/1.1 503")
+            with stalled_uploads(address):
+                for _ in range(100):  # until both stalls have reached a thread
+                    client.sendall(post)
+                    answer = read_response(client)
+                    if answer.startswith(b"HTTP/1.1 503"):
+                        break
+                    assert answer.startswith(b"HTTP/1.1 200")
+                else:
+                    pytest.fail("the worker never shed")
+                assert_overloaded(answer)
+                assert b"Connection: keep-alive" in answer
+                client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # never shed
+                assert read_response(client).startswith(b"HTTP/1.1 200")
+                # logged and counted as a rejection, though Flask never saw it
+                assert shed_by_the_loop(base, tmp_path / "log", "/predict") > 0
+
+
+def test_a_busy_worker_answers_a_new_connections_first_prediction_from_its_event_loop(
+        tiny_model_path, tmp_path):
+    with one_worker(tiny_model_path, tmp_path) as (base, address), stalled_uploads(address):
+        answer = first_request_shed(address, prediction(digit_png()))
+        assert_overloaded(answer)
+        with socket.create_connection(address, timeout=30) as conn:
+            conn.sendall(prediction(digit_png(), connection="close"))
+            answer = read_response(conn)
+            assert_overloaded(answer)
+            assert b"Connection: close" in answer and conn.recv(65536) == b""  # closed
+        assert shed_by_the_loop(base, tmp_path / "log", "/predict") >= 2
+
+
+def test_a_busy_worker_serves_what_is_not_one_simple_prediction(tiny_model_path, tmp_path):
     png = digit_png()
-    # one worker, nothing may wait for the slot: one request in progress makes it busy
-    with running_gunicorn(tiny_model_path, tmp_path / "log", tmp_path / "metrics",
-                          WEB_CONCURRENCY="1", GUNICORN_THREADS="4", MAX_QUEUED_REQUESTS="0",
-                          CLIENT_READ_TIMEOUT="60") as (base, _process):
-        host, port = base.removeprefix("http://").split(":")
-        client = socket.create_connection((host, int(port)), timeout=30)
-        post = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                f"Content-Length: {len(png)}\r\n\r\n").encode() + png
-        client.sendall(post)  # not busy yet: answered by the app
-        assert read_response(client).startswith(b"HTTP/1.1 200")
-        stalled = [socket.create_connection((host, int(port)), timeout=30) for _ in range(2)]
-        for conn in stalled:  # in progress until their bodies come: never
-            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                         b"Content-Length: 1000\r\n\r\n\x89PNG")
-        try:
-            for _ in range(100):  # until both stalls have reached a thread
-                if _busy(client, post):
-                    break
-            else:
-                pytest.fail("the worker never shed")
-            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # never shed
-            assert read_response(client).startswith(b"HTTP/1.1 200")
-            # counted as a rejection, and logged; not all by Flask (which counts its answers)
-            metrics = request(base + "/metrics")[1].decode()
-            assert 'digitgrad_rejections_total{reason="overloaded"}' in metrics
-            by_flask = re.search(r'route="/predict",status="503"\} (\d+)', metrics)
-            logged = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()
-                      if line.startswith("{")]
-            shed = [line for line in logged if line["status"] == 503]
-            assert shed and {line["route"] for line in shed} == {"/predict"}
-            assert len(shed) > (int(by_flask.group(1)) if by_flask else 0)
-        finally:
-            for conn in stalled:
-                conn.close()
-            client.close()
+    large = digit_png(400, fmt="BMP")  # more than the event loop looks at
+    assert len(large) > PEEK_BYTES
+    chunked = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n"
+               + f"{len(png):x}\r\n".encode() + png + b"\r\n0\r\n\r\n")
+    with one_worker(tiny_model_path, tmp_path) as (_base, address), stalled_uploads(address):
+        first_request_shed(address, prediction(png))  # now busy
+        for data in (chunked, prediction(large), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                     prediction(png) * 2):  # a client that pipelines
+            with socket.create_connection(address, timeout=30) as conn:
+                conn.sendall(data)
+                for _ in range(data.count(b" HTTP/1.1\r\n")):
+                    answer = read_response(conn)
+                    assert answer.startswith(b"HTTP/1.1 200"), (data[:40], answer[:200])
 
 
-def _busy(client: socket.socket, post: bytes) -> bool:
-    """Send a prediction on the kept-alive connection: True if it was shed (503)."""
-    client.sendall(post)
-    answer = read_response(client)
-    if answer.startswith(b"HTTP/1.1 503"):
-        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "overloaded"
-        assert b"Retry-After: 1" in answer
-        return True
-    assert answer.startswith(b"HTTP/1.1 200")
-    return False
+def test_a_pipelining_client_gets_every_answer_in_order(tiny_model_path, tmp_path):
+    png = digit_png()
+    with one_worker(tiny_model_path, tmp_path) as (_base, address):
+        with socket.create_connection(address, timeout=30) as conn:
+            conn.sendall(prediction(png) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                         + prediction(png))
+            answers = [read_response(conn) for _ in range(3)]
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+    assert [b"\"digit\"" in answer for answer in answers] == [True, False, True]
 
 
 def test_compute_slots_go_to_the_threads_in_the_order_they_asked():

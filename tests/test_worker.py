@@ -4,6 +4,7 @@ workers instead of landing on whichever accepted first."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections import Counter
 
@@ -48,3 +49,29 @@ def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(tiny_model_
             request(base + "/readyz")
     assert sum(served.values()) == CONNECTIONS
     assert len(served) == 2 and max(served.values()) <= CONNECTIONS // 2 + 2, served
+
+
+def make_worker():
+    from gunicorn.config import Config
+
+    from server.worker import BalancedThreadWorker
+
+    return BalancedThreadWorker(1, 0, [], None, 30, Config(), logging.getLogger("gunicorn.error"))
+
+
+def test_a_gunicorn_without_the_gthread_internals_it_uses_gets_plain_gthread(monkeypatch,
+                                                                             caplog):
+    from gunicorn.workers import gthread
+
+    worker = make_worker()
+    try:
+        assert type(worker).__name__ == "BalancedThreadWorker"
+    finally:
+        worker.tmp.close()
+    monkeypatch.delattr(gthread.ThreadWorker, "on_pending_socket_readable")
+    worker = make_worker()
+    try:
+        assert type(worker) is gthread.ThreadWorker  # gthread's own methods from here on
+        assert "on_pending_socket_readable" in caplog.text
+    finally:
+        worker.tmp.close()
