@@ -116,7 +116,7 @@ def _radius(width: float, scale: float) -> int:
 def stroke_change(crop: np.ndarray) -> float | None:
     """The stroke width (in pixels of the 20-pixel box) that ``normalise`` brings into MNIST's
     range, or None when it leaves the strokes as they are."""
-    mask = crop > 0.5
+    mask = np.pad(crop > 0.5, 1)  # the crop's frame is the ink's border too
     width = arrays.stroke_width(mask) * BOX / max(crop.shape)
     if width == 0:  # nothing above 0.5
         return None

@@ -68,3 +68,16 @@ def test_no_ink_is_an_error_for_the_server_and_a_blank_image_for_the_trainer():
     with pytest.raises(NoDigitFound):
         server_stage.crop_to_ink(blank)
     assert not _as_seen(blank).any()
+
+
+@pytest.mark.parametrize("width", [2, 4, 9])
+def test_a_straight_stroke_that_fills_its_crop_is_measured_by_its_own_width(width):
+    """The crop is cut to the ink, so a straight 1 touches all four sides of it: its border is
+    the crop's frame. Measured without that frame, a 4-pixel bar read as tens of pixels wide
+    and was eroded into a stub, which looked like the trousers among the not-digits."""
+    bar = np.ones((60, width), np.float32)
+    expected = 2 * bar.size / (2 * 60 + 2 * width) * framing.BOX / 60
+    assert framing.stroke_change(bar) in (None, pytest.approx(expected))
+    seen = framing.normalise(bar) > 0.5
+    assert seen.any(axis=1).sum() == framing.BOX  # the 20-pixel box's full height, not a stub
+    assert seen.sum(axis=1).max() <= 4  # and a stroke of MNIST's width
