@@ -59,10 +59,14 @@ def record_predictions(results: Iterable) -> None:
         (p.digit, p.confidence) for p in results if isinstance(p, Prediction))
 
 
+def request_id(incoming: str | None) -> str:
+    """The client's id when it is a sane token, else a new one."""
+    return incoming if incoming and VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
 def _start() -> None:
     g.request_started = time.perf_counter()
-    incoming = request.headers.get(HEADER, "")
-    g.request_id = incoming if VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get(HEADER))
 
 
 def _finish(response: Response) -> Response:
@@ -83,10 +87,10 @@ def _finish(response: Response) -> Response:
     return response
 
 
-def log_unrouted(method: str, route: str, status: int, model: str) -> None:
+def log_unrouted(request_id: str, method: str, route: str, status: int, model: str) -> None:
     """The line of a request answered before it reached the app (server/worker.py's 503s
-    under overload), with a new request id."""
-    log.info(json.dumps(_line(uuid.uuid4().hex, method, route, status, 0.0, model)))
+    under overload)."""
+    log.info(json.dumps(_line(request_id, method, route, status, 0.0, model)))
 
 
 def _line(request_id: str, method: str, route: str, status: int, latency_ms: float | None,

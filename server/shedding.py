@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from server import requestlog
 from server.errors import error_body
 from server.inference import Busy
 
@@ -32,6 +33,8 @@ class SimpleRequest:
     method: str
     target: str
     keep_alive: bool
+    #: The client's X-Request-ID when it is a sane token, else a new one (server/requestlog.py).
+    request_id: str
 
 
 def simple_request(data: bytes) -> SimpleRequest | None:
@@ -43,7 +46,7 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not PREDICTING.match(parts[1]):
         return None
-    length, keep_alive = 0, True
+    length, keep_alive, incoming_id = 0, True, None
     for line in lines[1:]:
         header = _HEADER.match(line)
         if header is None:
@@ -57,9 +60,12 @@ def simple_request(data: bytes) -> SimpleRequest | None:
             length = int(value)
         elif name == b"connection":
             keep_alive = value.lower() != b"close"
+        elif name == b"x-request-id":
+            incoming_id = value.decode("latin-1")
     if len(data) != end + 4 + length:  # a body still coming, or a pipelined request
         return None
-    return SimpleRequest(parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep_alive)
+    return SimpleRequest(parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep_alive,
+                         requestlog.request_id(incoming_id))
 
 
 def overloaded_response(request: SimpleRequest) -> bytes:
@@ -70,6 +76,6 @@ def overloaded_response(request: SimpleRequest) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
     head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nRetry-After: {Busy.retry_after}\r\n"
-            f"X-Content-Type-Options: nosniff\r\n"
+            f"X-Content-Type-Options: nosniff\r\n{requestlog.HEADER}: {request.request_id}\r\n"
             f"Connection: {'keep-alive' if request.keep_alive else 'close'}\r\n\r\n")
     return head.encode("latin-1") + payload

@@ -222,7 +222,8 @@ class BalancedThreadWorker(ThreadWorker):
             route = rule.rule
         except Exception:  # a path the app would refuse itself; shedding.PREDICTING matched it
             route = "unmatched"
-        requestlog.log_unrouted(request.method, route, 503, get_serving(app).model.model_id)
+        requestlog.log_unrouted(request.request_id, request.method, route, 503,
+                                get_serving(app).model.model_id)
 
     def handle(self, conn):
         """Serve the connection's request, then its next ones while they come at once."""

@@ -58,6 +58,14 @@ def test_the_answer_is_the_apps_refusal():
         assert f"Content-Length: {len(body)}".encode() in head
         message = json.loads(body)["error"]
         assert message["code"] == "overloaded" if error else "busy" in message
+        assert re.search(rb"\r\nX-Request-ID: [0-9a-f]{32}(\r\n|$)", head)  # a new id
+
+
+def test_the_refusal_echoes_a_sane_request_id_and_replaces_any_other():
+    for sent, kept in (("trace-1.2:3", True), ("bad id\x7f", False), ("x" * 200, False)):
+        request = simple_request(raw(b"POST /predict HTTP/1.1", X_Request_ID=sent))
+        assert (request.request_id == sent) is kept and len(request.request_id) <= 128
+        assert f"X-Request-ID: {request.request_id}".encode() in overloaded_response(request)
 
 
 def read_response(conn: socket.socket) -> bytes:
@@ -107,7 +115,8 @@ def stalled_uploads(address: tuple[str, int]) -> Iterator[None]:
 
 def prediction(body: bytes, connection: str = "keep-alive") -> bytes:
     return (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-            f"Connection: {connection}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            f"Connection: {connection}\r\nX-Request-ID: shed-{connection}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def first_request_shed(address: tuple[str, int], post: bytes) -> bytes:
@@ -128,6 +137,7 @@ def assert_overloaded(answer: bytes) -> None:
     assert head.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1\r\n" in head
     assert b"Content-Type: application/json" in head
     assert json.loads(body)["error"]["code"] == "overloaded"
+    assert re.search(rb"\r\nX-Request-ID: shed-[a-z-]+\r\n", head + b"\r\n")  # echoed
 
 
 def shed_by_the_loop(base: str, log: Path, route: str) -> int:
@@ -139,6 +149,8 @@ def shed_by_the_loop(base: str, log: Path, route: str) -> int:
     logged = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     shed = [line for line in logged if line["status"] == 503]
     assert {line["route"] for line in shed} <= {route}
+    by_the_loop = {line["request_id"] for line in shed if line["latency_ms"] == 0.0}
+    assert by_the_loop <= {"shed-keep-alive", "shed-close"}  # the client's ids
     return len(shed) - (int(by_flask.group(1)) if by_flask else 0)
 
 
