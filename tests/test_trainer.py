@@ -420,6 +420,7 @@ class _CtrlCAfter(Progress):
 
 def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monkeypatch, capsys):
     common = ("--epochs", "3", "--augment", "--warmup-epochs", "0.5", "--quiet")
+    handler = signal.getsignal(signal.SIGINT)  # Python's, or SIG_IGN under `nohup ... &`
     assert run(tmp_path, synth_dir, *common, out="straight.npz", ckpt="ck_straight") == 0
     (tmp_path / "cut.npz").write_bytes(b"previous model")
     monkeypatch.setattr(trainer.run, "Progress", _CtrlCAfter)
@@ -430,7 +431,7 @@ def test_ctrl_c_writes_checkpoint_and_resume_is_exact(tmp_path, synth_dir, monke
     assert (tmp_path / "cut.npz").read_bytes() == b"previous model"
     checkpoint = load_checkpoint(tmp_path / "ck_cut" / CHECKPOINT_NAME)
     assert (checkpoint.state.epoch, checkpoint.state.batch) == (1, 5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler before the run, restored
     monkeypatch.setattr(trainer.run, "Progress", Progress)
     assert run(tmp_path, synth_dir, "--resume", "--augment", "--quiet", out="cut.npz",
                ckpt="ck_cut") == 0
