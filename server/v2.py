@@ -308,19 +308,18 @@ def _check_json_shape(json_part: bytes, spec: TensorSpec, max_images: int) -> No
     comma between values; image files one string each. Brackets and commas are counted over
     the whole JSON first (fast); for image files, only when that is over the bound are they
     counted again outside its strings (a copy of the JSON, made only then)."""
+    if spec.dtype is None:  # files as strings, which may hold any bracket or comma
+        most_containers, most_values = JSON_OVERHEAD, max_images + JSON_OVERHEAD
+    else:  # numbers: no long strings, and JSON_OVERHEAD covers those of the request's names
+        most_containers = max_images * (1 + SIDE) + JSON_OVERHEAD
+        most_values = max_images * SIDE * SIDE + JSON_OVERHEAD
+
     def fits(text: bytes) -> bool:
         containers = text.count(b"[") + text.count(b"{")
         return containers <= most_containers and text.count(b",") <= most_values
 
-    if spec.dtype is None:  # files as strings, which may hold any bracket or comma
-        most_containers, most_values = JSON_OVERHEAD, max_images + JSON_OVERHEAD
-        if fits(json_part) or fits(JSON_STRING.sub(b'""', json_part)):
-            return
-    else:  # numbers: no long strings, and JSON_OVERHEAD covers those of the request's names
-        most_containers = max_images * (1 + SIDE) + JSON_OVERHEAD
-        most_values = max_images * SIDE * SIDE + JSON_OVERHEAD
-        if fits(json_part):
-            return
+    if fits(json_part) or (spec.dtype is None and fits(JSON_STRING.sub(b'""', json_part))):
+        return
     raise V2Error(400, f"The request holds more JSON arrays or values than {max_images} "
                        f"{'image files' if spec.dtype is None else '28x28 images'} need; send "
                        "at most that many, as one flat or nested list per input.")
