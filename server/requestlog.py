@@ -70,11 +70,11 @@ def _start() -> None:
 
 
 def _finish(response: Response) -> Response:
-    # setdefault: an id even if a before_request hook ahead of _start answered the request
-    request_id = g.setdefault("request_id", uuid.uuid4().hex)
-    response.headers[HEADER] = request_id
+    if "request_id" not in g:  # a before_request hook ahead of _start answered the request
+        g.request_id = uuid.uuid4().hex
+    response.headers[HEADER] = g.request_id
     started = g.get("request_started")
-    line = _line(request_id, request.method, route_label(), response.status_code,
+    line = _line(g.request_id, request.method, route_label(), response.status_code,
                  None if started is None else round((time.perf_counter() - started) * 1000, 2),
                  get_serving().model.model_id)
     predictions = g.get("predictions", [])
