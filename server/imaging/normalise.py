@@ -4,6 +4,9 @@ already. The whole pipeline: docs/serving.md."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 from models import arrays, framing
@@ -23,13 +26,20 @@ MIN_HEIGHT = 4
 MAX_ASPECT = 4.0
 
 
+@contextmanager
+def _no_ink_is_no_digit() -> Iterator[None]:
+    """models.framing's NoInkError as the pipeline's NoDigitFound."""
+    try:
+        yield
+    except framing.NoInkError:
+        raise NoDigitFound() from None
+
+
 def normalise(crop: np.ndarray) -> np.ndarray:
     """Ink cropped to it (``crop_to_ink``) -> MNIST's 28x28 (``models.framing.normalise``);
     NoDigitFound when nothing is left."""
-    try:
+    with _no_ink_is_no_digit():
         return framing.normalise(crop)
-    except framing.NoInkError:
-        raise NoDigitFound() from None
 
 
 def digit_shaped(crop: np.ndarray) -> bool:
@@ -47,10 +57,8 @@ def check_picture(size: tuple[int, int]) -> None:
 def crop_to_ink(ink: np.ndarray) -> np.ndarray:
     """The part of ``ink`` (a view) between its first and last rows and columns of ink;
     NoDigitFound when there is none."""
-    try:
+    with _no_ink_is_no_digit():
         return framing.crop_to_ink(ink)
-    except framing.NoInkError:
-        raise NoDigitFound() from None
 
 
 def is_mnist_format(gray: np.ndarray) -> bool:
