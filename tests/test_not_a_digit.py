@@ -134,13 +134,13 @@ def test_a_trained_model_refuses_font_letters_and_keeps_mnist_digits(not_a_digit
     assert decision is not None and metrics["test_refused"] < 0.02
     # held-out generated letters, doodles, textures (the calibration's own stream); its
     # threshold lets 99.9% of degraded digits through, so a small model refuses less than the
-    # default (96-100%)
+    # default (docs/benchmarks.md)
     held_out = metrics["calibration_refused"]
     kinds = [v for k, v in held_out.items() if k.startswith("not:")]
     assert min(kinds) >= 0.4 and np.mean(kinds) >= 0.6, held_out
     assert max(v for k, v in held_out.items() if not k.startswith("not:")) <= 0.02, held_out
     # PIL's fonts and smooth pen doodles, a style it never saw: a model without the decision
-    # refuses none; the default 73-90%
+    # refuses none, the default most (docs/benchmarks.md)
     preprocessing = metadata["preprocessing"]
     letters = corpora.not_digit_set(120, seed=3, kinds=("font-letters", "doodles"))
     predicted, _, answer = bench.evaluate_uploads(module, preprocessing, letters, decision)
