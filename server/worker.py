@@ -34,10 +34,15 @@ Used by gunicorn.conf.py as ``worker_class``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import select
 import selectors
 import socket
+import struct
+import termios
 import time
+from collections import deque
+from concurrent.futures import Future
 from functools import partial
 from multiprocessing.sharedctypes import RawArray
 
@@ -53,6 +58,9 @@ from server.state import get_serving
 SLOTS = 64
 #: Seconds a worker with more connections than another waits before taking one again.
 HOLD = 0.002
+#: New connections a worker takes at most in one turn of its event loop: a connection not yet
+#: taken has its request wait, unseen, until it is.
+ACCEPTS_PER_TURN = 64
 #: An entry not refreshed for this long is a worker that is gone or stuck: it is not waited for.
 STALE = 2.0
 #: Seconds a thread waits for the next request on the connection it has just answered.
@@ -62,6 +70,15 @@ REQUESTS_IN_A_ROW = 16
 #: Bytes of a waiting request the event loop looks at (without taking them) to tell a simple
 #: prediction request: one that does not fit is never shed.
 PEEK_BYTES = 64 * 1024
+#: A simple prediction request at most this large, asking for no explanation, is served by the
+#: event loop itself when no thread is working: its body is all read already and its answer (a
+#: few kB) fits the connection's empty send buffer, so the loop never waits on the client.
+INLINE_BYTES = 16 * 1024
+#: Seconds a request may wait in the worker's line; a simple prediction that has waited longer
+#: when its turn comes is answered 503 instead, so that admitted ones wait no more than this.
+MAX_WAIT = float(__import__("os").environ.get("MAX_WAIT", "0.05"))
+#: Seconds the event loop serves its line before it looks for new connections and requests.
+SLICE = 0.005
 
 #: What this worker uses of gthread's internals: a worker's attributes and ThreadWorker's methods.
 GTHREAD_ATTRIBUTES = ("poller", "tpool", "nr_conns", "pending_conns", "keepalived_conns")
@@ -93,6 +110,8 @@ class BalancedThreadWorker(ThreadWorker):
         #: Connections handed to the thread pool and not yet back: requests in progress.
         self.in_flight = 0
         self._shed_at: float | None = None
+        #: (connection, when its request was seen): requests waiting for their turn, in order.
+        self._line: deque[tuple[gthread.TConn, float]] = deque()
 
     # --- the board --------------------------------------------------------------------------
 
@@ -114,17 +133,22 @@ class BalancedThreadWorker(ThreadWorker):
         return fewest
 
     def accept(self, listener) -> None:
-        if self.nr_conns > self._fewest_elsewhere():
-            self._hold_until = time.monotonic() + HOLD
-            self.set_accept_enabled(False)  # the event loop asks again on its next turn
-            return
-        try:
-            sock, client = listener.accept()
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
-            return
-        self._take(sock, client, listener)
+        """Take the connections waiting, up to ACCEPTS_PER_TURN, while this worker holds no
+        more than the others (by a quarter of its own, so that a worker with many takes
+        several in a turn)."""
+        for _ in range(ACCEPTS_PER_TURN):
+            if (self.nr_conns > self._fewest_elsewhere() + self.nr_conns // 4
+                    or self.nr_conns >= self.worker_connections):
+                self._hold_until = time.monotonic() + HOLD
+                self.set_accept_enabled(False)  # the event loop asks again on its next turn
+                break
+            try:
+                sock, client = listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    raise
+                break
+            self._take(sock, client, listener)
         self._publish()
 
     def _take(self, sock, client, listener) -> None:
@@ -147,9 +171,22 @@ class BalancedThreadWorker(ThreadWorker):
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         # ... and the loop comes back when the hold ends, to look at the board again (the
-        # other worker may have taken more connections meanwhile, or none).
+        # other worker may have taken more connections meanwhile, or none); with requests in
+        # line it only looks, and serves them.
         hold = self._hold_until - time.monotonic()
-        super().wait_for_and_dispatch_events(min(timeout, hold) if hold > 0 else timeout)
+        if self._line:
+            timeout = 0
+        elif hold > 0:
+            timeout = min(timeout, hold)
+        try:
+            events = self.poller.select(timeout)
+        except OSError as exc:
+            if exc.errno != errno.EINTR:
+                raise
+            return
+        for key, _ in events:
+            key.data(key.fileobj)
+        self._serve_line()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -162,12 +199,18 @@ class BalancedThreadWorker(ThreadWorker):
         super().finish_request(conn, fs)
 
     def on_client_socket_readable(self, conn, client) -> None:
-        if not self._shed(conn, self.keepalived_conns):
-            super().on_client_socket_readable(conn, client)
+        self._queue(conn, self.keepalived_conns, client)
 
     def on_pending_socket_readable(self, conn, client) -> None:
-        if not self._shed(conn, self.pending_conns):
-            super().on_pending_socket_readable(conn, client)
+        self._queue(conn, self.pending_conns, client)
+
+    def _queue(self, conn, waiting, client) -> None:
+        """A request has come on ``conn`` (in ``waiting``): it joins the line, out of the
+        poller, until its turn (_serve_line)."""
+        self.poller.unregister(client)
+        waiting.remove(conn)
+        conn.data_ready = True  # a new connection's thread need not wait for its request
+        self._line.append((conn, time.monotonic()))
 
     def _capacity(self) -> float:
         """Requests in progress at once, at most: the app's compute slot and its line (inf for
@@ -179,19 +222,45 @@ class BalancedThreadWorker(ThreadWorker):
                 self._shed_at = float("inf")
         return self._shed_at
 
-    def _shed(self, conn, waiting) -> bool:
-        """Answer the request waiting on ``conn`` (in the ``waiting`` deque) 503 if the worker
-        is at its bound and the request is one simple prediction (server/shedding.py); else
-        False, its bytes left in place."""
-        if self.in_flight < self._capacity() or conn.is_http2 or self.cfg.is_ssl:
-            return False
-        try:
-            data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
-        except OSError:  # nothing to read after all, or an error the thread will meet
-            return False
-        request = shedding.simple_request(data) if data else None
-        if request is None:
-            return False
+    def _serve_line(self) -> None:
+        """Give the requests in line their turns, for SLICE at most."""
+        ends = time.monotonic() + SLICE
+        while self._line and time.monotonic() < ends:
+            conn, seen = self._line.popleft()
+            self._serve(conn, time.monotonic() - seen)
+
+    def _serve(self, conn, waited: float) -> None:
+        """The turn of the request on ``conn``, which has waited ``waited`` seconds in line.
+        A simple prediction (server/shedding.py) is answered 503 if it has waited more than
+        MAX_WAIT or the worker is at its bound, served here if no thread is working and it is
+        small; anything else goes to a thread, its bytes left in place."""
+        idle = self.in_flight == 0
+        at_bound = self.in_flight >= self._capacity()
+        # Waiting long counts only in a line longer than the bound: a short line waited on a
+        # stall (a long request, a busy machine) that has passed.
+        late = waited > MAX_WAIT and len(self._line) >= self._capacity()
+        if (idle or at_bound or late) and self._capacity() < float("inf") \
+                and not conn.is_http2 and not self.cfg.is_ssl:
+            try:
+                data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+            except OSError:  # nothing to read after all, or an error the thread will meet
+                data = b""
+            request = shedding.simple_request(data) if data else None
+            if request is not None:
+                if at_bound or late:
+                    self._shed(conn, data, request)
+                    return
+                if idle and len(data) <= INLINE_BYTES and b"explain" not in data \
+                        and not _unsent(conn.sock):
+                    self.in_flight += 1
+                    done = Future()
+                    done.set_result(ThreadWorker.handle(self, conn))  # one request, no more
+                    self.finish_request(conn, done)
+                    return
+        self.enqueue_req(conn)
+
+    def _shed(self, conn, data: bytes, request: shedding.SimpleRequest) -> None:
+        """Answer ``request`` (``data``, all of the bytes waiting on ``conn``) 503."""
         try:
             conn.sock.recv(len(data))  # exactly the request looked at
             conn.sock.sendall(shedding.overloaded_response(request))  # the buffer takes it
@@ -200,18 +269,14 @@ class BalancedThreadWorker(ThreadWorker):
             sent = False
         get_serving(self.wsgi).metrics.observe_rejection(Busy.code)
         self._log_shed(request)
-        waiting.remove(conn)
         if sent and request.keep_alive:
             conn.set_timeout()
             self.keepalived_conns.append(conn)
-            if waiting is self.pending_conns:  # a first request: now a kept-alive connection
-                self.poller.modify(conn.sock, selectors.EVENT_READ,
-                                   partial(self.on_client_socket_readable, conn))
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self.on_client_socket_readable, conn))
         else:
-            self.poller.unregister(conn.sock)
             self.nr_conns -= 1
             conn.close()
-        return True
 
     def _log_shed(self, request: shedding.SimpleRequest) -> None:
         """The request log's line for a 503 from the event loop, routed as the app would."""
@@ -243,3 +308,12 @@ class BalancedThreadWorker(ThreadWorker):
         if conn.parser.unreader.buf.getvalue():
             return True  # already read ahead
         return bool(select.select([conn.sock], [], [], NEXT_REQUEST_WAIT)[0])
+
+
+def _unsent(sock) -> int:
+    """Bytes in ``sock``'s send queue not yet taken by the client (Linux's SIOCOUTQ); a
+    socket that cannot tell counts as full."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 1 << 30
