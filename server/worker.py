@@ -1,23 +1,40 @@
-"""gunicorn's threaded worker, taking new connections only while it holds no more than the others,
-and answering predictions beyond its bound 503 from its event loop.
+"""gunicorn's threaded worker, with a line of requests in its event loop: small predictions
+served by the loop itself, the late ones under overload answered 503, new connections taken
+only while this worker holds no more than the others.
+
+**The line.** A request arriving on a connection (a new connection's first, or a kept-alive
+one's next) joins the worker's line, in order, and the event loop gives each its turn, for
+SLICE at a time between looks for new connections and requests. At its turn a simple
+prediction (server/shedding.py: one complete request for a prediction route, with a
+Content-Length body within the first 64 KiB, nothing chunked, no ``Expect``, nothing
+pipelined behind it) is
+
+- answered 503 by the loop, with no thread and no Flask, if the worker already has as many
+  requests in progress as may hold or wait for its compute slot (``MAX_QUEUED_REQUESTS + 1``),
+  or if it has waited more than ``MAX_QUEUE_WAIT_MS`` while more than that many wait behind it
+  (overload: a short line that waited on a stall is still served);
+- served by the loop itself (gunicorn, Flask and the model, in this thread) if no thread is
+  working, its request is at most INLINE_BYTES and asks for no explanation, and the client has
+  taken every byte we sent it before (its answer, a few kB, then fits the empty send buffer:
+  the loop never waits on a client). Light and heavy load alike, most predictions never meet a
+  thread: no hand-off, no GIL traded between threads, no wait for the compute slot, and the
+  line is served in the order it came, which keeps the tail short.
+
+Anything else (uploads bigger than that, explanations, chunked bodies, other routes, a client
+behind on its reading, or any request while a thread works) goes to gthread's threads, as
+before, bounded by the compute slot's line.
 
 **Connections spread over the workers.** All workers accept from one listening socket. Linux
 wakes every one of them for a new connection and the first to call accept() wins, so a burst of
 keep-alive connections (a client pool opening 16 at once) can all land on the worker that
 happened to be running: one core then serves every request while the other idles, for as long
 as the connections live. Here each worker publishes its open connections on a board in shared
-memory, and one that has more than another live worker leaves the connection to it for a
-moment (HOLD seconds). It still takes everything when it is the only one accepting
-(one worker; the others stopping, hung, or at their connection limit). One listening socket
-stays: a per-worker SO_REUSEPORT socket would spread connections by hash, but drops those
-queued on a worker that exits (reloads, restarts).
-
-**Shedding.** When a worker already has as many requests in progress as may hold or wait for
-its compute slot (``MAX_QUEUED_REQUESTS + 1``), a prediction arriving on a connection, new or
-kept alive, is answered 503 by the event loop itself (server/shedding.py), before any thread or
-Flask sees it. New connections therefore wait for their first request in the poller, as
-gthread's deferred ones do, instead of in a thread: under overload a new client's request was
-otherwise admitted unconditionally and waited behind everyone (a p99 of seconds).
+memory, and one that has more than another live worker (by more than a quarter of its own)
+leaves the connection to it for a moment (HOLD seconds). It still takes everything when it is
+the only one accepting (one worker; the others stopping, hung, or at their connection limit).
+It takes up to ACCEPTS_PER_TURN at a time: a connection not yet taken has its request wait
+unseen. One listening socket stays: a per-worker SO_REUSEPORT socket would spread connections
+by hash, but drops those queued on a worker that exits (reloads, restarts).
 
 **Keep-alive fast path.** A thread that has answered on a keep-alive connection also serves
 that client's next request itself when it arrives within NEXT_REQUEST_WAIT, no other connection
@@ -74,9 +91,6 @@ PEEK_BYTES = 64 * 1024
 #: event loop itself when no thread is working: its body is all read already and its answer (a
 #: few kB) fits the connection's empty send buffer, so the loop never waits on the client.
 INLINE_BYTES = 16 * 1024
-#: Seconds a request may wait in the worker's line; a simple prediction that has waited longer
-#: when its turn comes is answered 503 instead, so that admitted ones wait no more than this.
-MAX_WAIT = float(__import__("os").environ.get("MAX_WAIT", "0.05"))
 #: Seconds the event loop serves its line before it looks for new connections and requests.
 SLICE = 0.005
 
@@ -92,8 +106,9 @@ _BOARD = RawArray("d", 3 * SLOTS)
 
 
 class BalancedThreadWorker(ThreadWorker):
-    """gthread, accepting while no other live worker holds fewer connections and shedding
-    predictions beyond its bound in its event loop (module doc)."""
+    """gthread with a line of requests in its event loop, which serves small predictions
+    itself and sheds late ones under overload, accepting while no other live worker holds
+    fewer connections (module doc)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,6 +125,7 @@ class BalancedThreadWorker(ThreadWorker):
         #: Connections handed to the thread pool and not yet back: requests in progress.
         self.in_flight = 0
         self._shed_at: float | None = None
+        self._max_wait = float("inf")  #: the app's MAX_QUEUE_WAIT_MS, in seconds
         #: (connection, when its request was seen): requests waiting for their turn, in order.
         self._line: deque[tuple[gthread.TConn, float]] = deque()
 
@@ -218,6 +234,7 @@ class BalancedThreadWorker(ThreadWorker):
         if self._shed_at is None:
             try:
                 self._shed_at = get_serving(self.wsgi).inference.slots.capacity
+                self._max_wait = self.wsgi.config["MAX_QUEUE_WAIT_MS"] / 1000
             except (AttributeError, KeyError, RuntimeError):
                 self._shed_at = float("inf")
         return self._shed_at
@@ -231,14 +248,15 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _serve(self, conn, waited: float) -> None:
         """The turn of the request on ``conn``, which has waited ``waited`` seconds in line.
-        A simple prediction (server/shedding.py) is answered 503 if it has waited more than
-        MAX_WAIT or the worker is at its bound, served here if no thread is working and it is
-        small; anything else goes to a thread, its bytes left in place."""
+        A simple prediction (server/shedding.py) is answered 503 if the worker is at its bound,
+        or if it has waited more than the app's MAX_QUEUE_WAIT_MS in a line longer than that
+        bound; served here if no thread is working and it is small; anything else goes to a
+        thread, its bytes left in place."""
         idle = self.in_flight == 0
         at_bound = self.in_flight >= self._capacity()
         # Waiting long counts only in a line longer than the bound: a short line waited on a
         # stall (a long request, a busy machine) that has passed.
-        late = waited > MAX_WAIT and len(self._line) >= self._capacity()
+        late = waited > self._max_wait and len(self._line) >= self._capacity()
         if (idle or at_bound or late) and self._capacity() < float("inf") \
                 and not conn.is_http2 and not self.cfg.is_ssl:
             try:
