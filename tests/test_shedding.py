@@ -279,9 +279,9 @@ def loopback_pairs(count: int, receive_buffer: int | None = None
 
 
 @contextmanager
-def hand_driven_worker(app, bound: int) -> Iterator:
-    """A BalancedThreadWorker outside gunicorn, serving ``app``, with a poller, no thread pool
-    (a thread would be an AttributeError) and room for ``bound`` requests in progress."""
+def hand_driven_worker(app) -> Iterator:
+    """A BalancedThreadWorker outside gunicorn, serving ``app``, with a poller and no thread
+    pool (a thread would be an AttributeError)."""
     import selectors
 
     from gunicorn.config import Config
@@ -292,7 +292,7 @@ def hand_driven_worker(app, bound: int) -> Iterator:
     cfg = Config()
     worker = BalancedThreadWorker(1, 0, [], None, 30, cfg, Logger(cfg))
     worker.wsgi = app  # what init_process would load
-    worker.poller, worker.tpool, worker._shed_at = selectors.DefaultSelector(), None, bound
+    worker.poller, worker.tpool = selectors.DefaultSelector(), None
     try:
         yield worker
     finally:
@@ -310,13 +310,13 @@ def in_line(worker, pairs, post: bytes, waited: float) -> None:
         worker.nr_conns += 1
 
 
-def test_a_line_longer_than_the_bound_sheds_those_that_waited_and_serves_the_rest(app):
-    """Four predictions have waited a second; the worker's bound is two, so the first two
-    (each with two or more behind it) are answered 503 and the last two are served by the
-    event loop itself."""
+def test_a_line_longer_than_the_bound_sheds_those_that_waited_and_serves_the_rest(make_app):
+    """Four predictions have waited a second, over MAX_QUEUE_WAIT_MS; the worker's bound is
+    two (the compute slot and one in its line), so the first two (each with two or more behind
+    it) are answered 503 and the last two are served by the event loop itself."""
     pairs = loopback_pairs(4)
     try:
-        with hand_driven_worker(app, bound=2) as worker:
+        with hand_driven_worker(make_app(MAX_QUEUED_REQUESTS=1)) as worker:
             in_line(worker, pairs, prediction(digit_png()), waited=1.0)
             while worker._line:
                 worker._serve_line()
@@ -351,7 +351,7 @@ def test_a_client_that_has_not_taken_its_answers_is_served_by_a_thread(app):
         with contextlib.suppress(BlockingIOError):
             while True:  # answers the client has not read, more than its window holds
                 server_end.send(bytes(65536))
-        with hand_driven_worker(app, bound=2) as worker:
+        with hand_driven_worker(app) as worker:
             worker.tpool = Threads()
             in_line(worker, pairs, prediction(digit_png()), waited=0.0)
             worker._serve_line()
