@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -337,6 +338,23 @@ def measure_once(server: Server, case: Case, args: argparse.Namespace, script: P
     return row
 
 
+def settle(servers: list[Server], idle: float = 0.1, interval: float = 0.25,
+           longest: float = 30) -> None:
+    """Return once the servers' processes together use under ``idle`` of a core: a server
+    still working through requests queued when wrk stopped (a large batch at each of 16
+    connections takes seconds) would otherwise run into the next server's measurement."""
+    def used() -> float:
+        return sum(sum(server_cpu(server.process.pid).values()) for server in servers)
+
+    deadline, last = time.monotonic() + longest, used()
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = used()
+        if now - last < idle * interval:
+            return
+        last = now
+
+
 def memory_mb(root: int) -> list[tuple[float, float]]:
     """(RSS MB, PSS MB) of each process of a server, its root first."""
     rows = []
@@ -412,6 +430,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                     else:
                         row = measure_once(server, case, args, script)
                         results.setdefault((case.name, server.name), []).append(row)
+                    settle(servers)
         memory = {server.name: memory_mb(server.process.pid) for server in servers}
     finally:
         for server in servers:
