@@ -65,10 +65,12 @@ workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
 # client takes to send it, and an idle one costs a stack, not CPU; the work is one upload or
 # forward pass at a time per worker (COMPUTE_SLOTS, server/state.py). gthread, not gevent (a
 # C-extension dependency that monkey-patches the process): docs/serving.md, docs/benchmarks.md.
-# gthread, except (server/worker.py): a worker holding more connections than another leaves
-# new ones to it, else a burst of keep-alive connections can all land on one worker (chosen
-# over SO_REUSEPORT, which drops a reloading worker's queued connections); a thread serves its
-# keep-alive client's next request itself; a busy worker sheds predictions at the door.
+# gthread, except (server/worker.py): requests wait in a line in the event loop, which serves
+# small predictions itself while no thread works (no hand-off, no GIL traded: the tail of a
+# uvicorn loop) and, under overload, answers 503 to those that waited over MAX_QUEUE_WAIT_MS;
+# a worker holding more connections than another leaves new ones to it, else a burst of
+# keep-alive connections can all land on one worker (chosen over SO_REUSEPORT, which drops a
+# reloading worker's queued connections). Threads serve uploads, explanations, slow clients.
 # Measured in docs/benchmarks.md#connections-over-the-workers and the sections after it.
 worker_class = "server.worker.BalancedThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))

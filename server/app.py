@@ -33,12 +33,16 @@ DEFAULTS = {
     # answered 503 with Retry-After at once (server/inference.py, server/worker.py), so the
     # admitted ones keep a short wait under overload. 0: none waits.
     "MAX_QUEUED_REQUESTS": 32,
+    # Milliseconds a prediction may wait in a worker's line while more than
+    # MAX_QUEUED_REQUESTS others wait: one that has waited longer is answered 503 when its turn
+    # comes (server/worker.py), so that under overload the admitted ones wait no more.
+    "MAX_QUEUE_WAIT_MS": 50,
     # Bytes of request bodies one worker process holds at once, all its threads together
     # (server/bodies.py); None: the largest body a route takes and four single uploads.
     "MAX_BODY_BYTES_PER_WORKER": None,
 }
 INT_SETTINGS = ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_FILES", "MAX_TENSOR_IMAGES",
-                "MAX_QUEUED_REQUESTS", "MAX_BODY_BYTES_PER_WORKER")
+                "MAX_QUEUED_REQUESTS", "MAX_QUEUE_WAIT_MS", "MAX_BODY_BYTES_PER_WORKER")
 #: Settings that may be 0.
 ZERO_ALLOWED = ("MAX_QUEUED_REQUESTS",)
 

@@ -1,23 +1,40 @@
-"""gunicorn's threaded worker, taking new connections only while it holds no more than the others,
-and answering predictions beyond its bound 503 from its event loop.
+"""gunicorn's threaded worker, with a line of requests in its event loop: small predictions
+served by the loop itself, the late ones under overload answered 503, new connections taken
+only while this worker holds no more than the others.
+
+**The line.** A request arriving on a connection (a new connection's first, or a kept-alive
+one's next) joins the worker's line, in order, and the event loop gives each its turn, for
+SLICE at a time between looks for new connections and requests. At its turn a simple
+prediction (server/shedding.py: one complete request for a prediction route, with a
+Content-Length body within the first 64 KiB, nothing chunked, no ``Expect``, nothing
+pipelined behind it) is
+
+- answered 503 by the loop, with no thread and no Flask, if the worker already has as many
+  requests in progress as may hold or wait for its compute slot (``MAX_QUEUED_REQUESTS + 1``),
+  or if it has waited more than ``MAX_QUEUE_WAIT_MS`` while more than that many wait behind it
+  (overload: a short line that waited on a stall is still served);
+- served by the loop itself (gunicorn, Flask and the model, in this thread) if no thread is
+  working, its request is at most INLINE_BYTES and asks for no explanation, and the client has
+  taken every byte we sent it before (its answer, a few kB, then fits the empty send buffer:
+  the loop never waits on a client). Light and heavy load alike, most predictions never meet a
+  thread: no hand-off, no GIL traded between threads, no wait for the compute slot, and the
+  line is served in the order it came, which keeps the tail short.
+
+Anything else (uploads bigger than that, explanations, chunked bodies, other routes, a client
+behind on its reading, or any request while a thread works) goes to gthread's threads, as
+before, bounded by the compute slot's line.
 
 **Connections spread over the workers.** All workers accept from one listening socket. Linux
 wakes every one of them for a new connection and the first to call accept() wins, so a burst of
 keep-alive connections (a client pool opening 16 at once) can all land on the worker that
 happened to be running: one core then serves every request while the other idles, for as long
 as the connections live. Here each worker publishes its open connections on a board in shared
-memory, and one that has more than another live worker leaves the connection to it for a
-moment (HOLD seconds). It still takes everything when it is the only one accepting
-(one worker; the others stopping, hung, or at their connection limit). One listening socket
-stays: a per-worker SO_REUSEPORT socket would spread connections by hash, but drops those
-queued on a worker that exits (reloads, restarts).
-
-**Shedding.** When a worker already has as many requests in progress as may hold or wait for
-its compute slot (``MAX_QUEUED_REQUESTS + 1``), a prediction arriving on a connection, new or
-kept alive, is answered 503 by the event loop itself (server/shedding.py), before any thread or
-Flask sees it. New connections therefore wait for their first request in the poller, as
-gthread's deferred ones do, instead of in a thread: under overload a new client's request was
-otherwise admitted unconditionally and waited behind everyone (a p99 of seconds).
+memory, and one that has more than another live worker (by more than a quarter of its own)
+leaves the connection to it for a moment (HOLD seconds). It still takes everything when it is
+the only one accepting (one worker; the others stopping, hung, or at their connection limit).
+It takes up to ACCEPTS_PER_TURN at a time: a connection not yet taken has its request wait
+unseen. One listening socket stays: a per-worker SO_REUSEPORT socket would spread connections
+by hash, but drops those queued on a worker that exits (reloads, restarts).
 
 **Keep-alive fast path.** A thread that has answered on a keep-alive connection also serves
 that client's next request itself when it arrives within NEXT_REQUEST_WAIT, no other connection
@@ -34,10 +51,15 @@ Used by gunicorn.conf.py as ``worker_class``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import select
 import selectors
 import socket
+import struct
+import termios
 import time
+from collections import deque
+from concurrent.futures import Future
 from functools import partial
 from multiprocessing.sharedctypes import RawArray
 
@@ -53,6 +75,9 @@ from server.state import get_serving
 SLOTS = 64
 #: Seconds a worker with more connections than another waits before taking one again.
 HOLD = 0.002
+#: New connections a worker takes at most in one turn of its event loop: a connection not yet
+#: taken has its request wait, unseen, until it is.
+ACCEPTS_PER_TURN = 64
 #: An entry not refreshed for this long is a worker that is gone or stuck: it is not waited for.
 STALE = 2.0
 #: Seconds a thread waits for the next request on the connection it has just answered.
@@ -62,6 +87,12 @@ REQUESTS_IN_A_ROW = 16
 #: Bytes of a waiting request the event loop looks at (without taking them) to tell a simple
 #: prediction request: one that does not fit is never shed.
 PEEK_BYTES = 64 * 1024
+#: A simple prediction request at most this large, asking for no explanation, is served by the
+#: event loop itself when no thread is working: its body is all read already and its answer (a
+#: few kB) fits the connection's empty send buffer, so the loop never waits on the client.
+INLINE_BYTES = 16 * 1024
+#: Seconds the event loop serves its line before it looks for new connections and requests.
+SLICE = 0.005
 
 #: What this worker uses of gthread's internals: a worker's attributes and ThreadWorker's methods.
 GTHREAD_ATTRIBUTES = ("poller", "tpool", "nr_conns", "pending_conns", "keepalived_conns")
@@ -75,8 +106,9 @@ _BOARD = RawArray("d", 3 * SLOTS)
 
 
 class BalancedThreadWorker(ThreadWorker):
-    """gthread, accepting while no other live worker holds fewer connections and shedding
-    predictions beyond its bound in its event loop (module doc)."""
+    """gthread with a line of requests in its event loop, which serves small predictions
+    itself and sheds late ones under overload, accepting while no other live worker holds
+    fewer connections (module doc)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -93,6 +125,9 @@ class BalancedThreadWorker(ThreadWorker):
         #: Connections handed to the thread pool and not yet back: requests in progress.
         self.in_flight = 0
         self._shed_at: float | None = None
+        self._max_wait = float("inf")  #: the app's MAX_QUEUE_WAIT_MS, in seconds
+        #: (connection, when its request was seen): requests waiting for their turn, in order.
+        self._line: deque[tuple[gthread.TConn, float]] = deque()
 
     # --- the board --------------------------------------------------------------------------
 
@@ -114,17 +149,22 @@ class BalancedThreadWorker(ThreadWorker):
         return fewest
 
     def accept(self, listener) -> None:
-        if self.nr_conns > self._fewest_elsewhere():
-            self._hold_until = time.monotonic() + HOLD
-            self.set_accept_enabled(False)  # the event loop asks again on its next turn
-            return
-        try:
-            sock, client = listener.accept()
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
-            return
-        self._take(sock, client, listener)
+        """Take the connections waiting, up to ACCEPTS_PER_TURN, while this worker holds no
+        more than the others (by a quarter of its own, so that a worker with many takes
+        several in a turn)."""
+        for _ in range(ACCEPTS_PER_TURN):
+            if (self.nr_conns > self._fewest_elsewhere() + self.nr_conns // 4
+                    or self.nr_conns >= self.worker_connections):
+                self._hold_until = time.monotonic() + HOLD
+                self.set_accept_enabled(False)  # the event loop asks again on its next turn
+                break
+            try:
+                sock, client = listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    raise
+                break
+            self._take(sock, client, listener)
         self._publish()
 
     def _take(self, sock, client, listener) -> None:
@@ -147,9 +187,22 @@ class BalancedThreadWorker(ThreadWorker):
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         # ... and the loop comes back when the hold ends, to look at the board again (the
-        # other worker may have taken more connections meanwhile, or none).
+        # other worker may have taken more connections meanwhile, or none); with requests in
+        # line it only looks, and serves them.
         hold = self._hold_until - time.monotonic()
-        super().wait_for_and_dispatch_events(min(timeout, hold) if hold > 0 else timeout)
+        if self._line:
+            timeout = 0
+        elif hold > 0:
+            timeout = min(timeout, hold)
+        try:
+            events = self.poller.select(timeout)
+        except OSError as exc:
+            if exc.errno != errno.EINTR:
+                raise
+            return
+        for key, _ in events:
+            key.data(key.fileobj)
+        self._serve_line()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -162,12 +215,18 @@ class BalancedThreadWorker(ThreadWorker):
         super().finish_request(conn, fs)
 
     def on_client_socket_readable(self, conn, client) -> None:
-        if not self._shed(conn, self.keepalived_conns):
-            super().on_client_socket_readable(conn, client)
+        self._queue(conn, self.keepalived_conns, client)
 
     def on_pending_socket_readable(self, conn, client) -> None:
-        if not self._shed(conn, self.pending_conns):
-            super().on_pending_socket_readable(conn, client)
+        self._queue(conn, self.pending_conns, client)
+
+    def _queue(self, conn, waiting, client) -> None:
+        """A request has come on ``conn`` (in ``waiting``): it joins the line, out of the
+        poller, until its turn (_serve_line)."""
+        self.poller.unregister(client)
+        waiting.remove(conn)
+        conn.data_ready = True  # a new connection's thread need not wait for its request
+        self._line.append((conn, time.monotonic()))
 
     def _capacity(self) -> float:
         """Requests in progress at once, at most: the app's compute slot and its line (inf for
@@ -175,23 +234,51 @@ class BalancedThreadWorker(ThreadWorker):
         if self._shed_at is None:
             try:
                 self._shed_at = get_serving(self.wsgi).inference.slots.capacity
+                self._max_wait = self.wsgi.config["MAX_QUEUE_WAIT_MS"] / 1000
             except (AttributeError, KeyError, RuntimeError):
                 self._shed_at = float("inf")
         return self._shed_at
 
-    def _shed(self, conn, waiting) -> bool:
-        """Answer the request waiting on ``conn`` (in the ``waiting`` deque) 503 if the worker
-        is at its bound and the request is one simple prediction (server/shedding.py); else
-        False, its bytes left in place."""
-        if self.in_flight < self._capacity() or conn.is_http2 or self.cfg.is_ssl:
-            return False
-        try:
-            data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
-        except OSError:  # nothing to read after all, or an error the thread will meet
-            return False
-        request = shedding.simple_request(data) if data else None
-        if request is None:
-            return False
+    def _serve_line(self) -> None:
+        """Give the requests in line their turns, for SLICE at most."""
+        ends = time.monotonic() + SLICE
+        while self._line and time.monotonic() < ends:
+            conn, seen = self._line.popleft()
+            self._serve(conn, time.monotonic() - seen)
+
+    def _serve(self, conn, waited: float) -> None:
+        """The turn of the request on ``conn``, which has waited ``waited`` seconds in line.
+        A simple prediction (server/shedding.py) is answered 503 if the worker is at its bound,
+        or if it has waited more than the app's MAX_QUEUE_WAIT_MS in a line longer than that
+        bound; served here if no thread is working and it is small; anything else goes to a
+        thread, its bytes left in place."""
+        idle = self.in_flight == 0
+        at_bound = self.in_flight >= self._capacity()
+        # Waiting long counts only in a line longer than the bound: a short line waited on a
+        # stall (a long request, a busy machine) that has passed.
+        late = waited > self._max_wait and len(self._line) >= self._capacity()
+        if (idle or at_bound or late) and self._capacity() < float("inf") \
+                and not conn.is_http2 and not self.cfg.is_ssl:
+            try:
+                data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+            except OSError:  # nothing to read after all, or an error the thread will meet
+                data = b""
+            request = shedding.simple_request(data) if data else None
+            if request is not None:
+                if at_bound or late:
+                    self._shed(conn, data, request)
+                    return
+                if idle and len(data) <= INLINE_BYTES and b"explain" not in data \
+                        and not _unsent(conn.sock):
+                    self.in_flight += 1
+                    done = Future()
+                    done.set_result(ThreadWorker.handle(self, conn))  # one request, no more
+                    self.finish_request(conn, done)
+                    return
+        self.enqueue_req(conn)
+
+    def _shed(self, conn, data: bytes, request: shedding.SimpleRequest) -> None:
+        """Answer ``request`` (``data``, all of the bytes waiting on ``conn``) 503."""
         try:
             conn.sock.recv(len(data))  # exactly the request looked at
             conn.sock.sendall(shedding.overloaded_response(request))  # the buffer takes it
@@ -200,18 +287,14 @@ class BalancedThreadWorker(ThreadWorker):
             sent = False
         get_serving(self.wsgi).metrics.observe_rejection(Busy.code)
         self._log_shed(request)
-        waiting.remove(conn)
         if sent and request.keep_alive:
             conn.set_timeout()
             self.keepalived_conns.append(conn)
-            if waiting is self.pending_conns:  # a first request: now a kept-alive connection
-                self.poller.modify(conn.sock, selectors.EVENT_READ,
-                                   partial(self.on_client_socket_readable, conn))
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self.on_client_socket_readable, conn))
         else:
-            self.poller.unregister(conn.sock)
             self.nr_conns -= 1
             conn.close()
-        return True
 
     def _log_shed(self, request: shedding.SimpleRequest) -> None:
         """The request log's line for a 503 from the event loop, routed as the app would."""
@@ -243,3 +326,12 @@ class BalancedThreadWorker(ThreadWorker):
         if conn.parser.unreader.buf.getvalue():
             return True  # already read ahead
         return bool(select.select([conn.sock], [], [], NEXT_REQUEST_WAIT)[0])
+
+
+def _unsent(sock) -> int:
+    """Bytes in ``sock``'s send queue not yet taken by the client (Linux's SIOCOUTQ); a
+    socket that cannot tell counts as full."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 1 << 30

@@ -19,6 +19,17 @@ def gunicorn_env(model: Path, metrics_dir: Path | None = None, **extra: str | No
                                 **{"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2", **extra})
 
 
+def multipart(field: str, files: list[bytes]) -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart upload of ``files`` as field ``field``, built in
+    memory (the test client would spool a big one to disk)."""
+    boundary = "digitgrad-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+             f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + data + b"\r\n"
+             for i, data in enumerate(files)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}")
+
+
 def request(url: str, data=None, headers: dict | None = None, timeout: float = 10):
     """(status, body bytes) of one HTTP request; HTTP errors are answers too."""
     req = urllib.request.Request(url, data=data, headers=headers or {})

@@ -10,18 +10,10 @@ import threading
 
 import pytest
 from drawing import digit_png
-from werkzeug.datastructures import FileStorage
-from werkzeug.test import EnvironBuilder, encode_multipart
+from serving import multipart
+from werkzeug.test import EnvironBuilder
 
 from server.bodies import BodiesOverBudget, BodyBudget, CountedBody, InMemoryRequest
-
-
-def multipart(field: str, files: list[bytes]) -> tuple[bytes, str]:
-    """A multipart body built in memory (the test client would spool a big one to disk)."""
-    values = {field: [FileStorage(io.BytesIO(data), f"{i}.png", content_type="image/png")
-                      for i, data in enumerate(files)]}
-    boundary, body = encode_multipart(values)
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def padded_png(size: int) -> bytes:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from drawing import digit_png
 from PIL import Image
-from serving import request, running_gunicorn
+from serving import multipart, request, running_gunicorn
 
 from bench.servers import proc_status, settled_rss, worker_pids
 
@@ -31,15 +31,6 @@ def photo(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels, "RGBA").save(out, "PNG")
     return out.getvalue()
-
-
-def multipart(field: str, files: list[bytes]) -> tuple[bytes, str]:
-    boundary = "memory-test-boundary"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-             f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + data + b"\r\n"
-             for i, data in enumerate(files)]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), (
-        f"multipart/form-data; boundary={boundary}")
 
 
 def v2_images(files: list[bytes]) -> tuple[bytes, dict]:

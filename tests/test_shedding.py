@@ -4,10 +4,13 @@ its worker has enough in progress."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -257,3 +260,103 @@ def test_the_event_loop_knows_the_same_prediction_routes_as_the_app(app):
         predicting = "POST" in rule.methods and rule.endpoint in PREDICTING
         assert bool(PREDICTING_PATHS.match(path)) == predicting, rule.rule
     assert {rule.endpoint for rule in app.url_map.iter_rules()} >= PREDICTING
+
+
+def loopback_pairs(count: int, receive_buffer: int | None = None
+                   ) -> list[tuple[socket.socket, socket.socket]]:
+    """``count`` connected TCP pairs on loopback: (the server's end, the client's end), the
+    client's receive buffer ``receive_buffer`` bytes if given."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        pairs = []
+        for _ in range(count):
+            client = socket.socket()
+            if receive_buffer:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            client.settimeout(30)
+            client.connect(listener.getsockname())
+            pairs.append((listener.accept()[0], client))
+    return pairs
+
+
+@contextmanager
+def hand_driven_worker(app) -> Iterator:
+    """A BalancedThreadWorker outside gunicorn, serving ``app``, with a poller and no thread
+    pool (a thread would be an AttributeError)."""
+    import selectors
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from server.worker import BalancedThreadWorker
+
+    cfg = Config()
+    worker = BalancedThreadWorker(1, 0, [], None, 30, cfg, Logger(cfg))
+    worker.wsgi = app  # what init_process would load
+    worker.poller, worker.tpool = selectors.DefaultSelector(), None
+    try:
+        yield worker
+    finally:
+        worker.tmp.close()
+
+
+def in_line(worker, pairs, post: bytes, waited: float) -> None:
+    """Each client sends ``post``; its connection joins the worker's line, ``waited`` ago."""
+    from gunicorn.workers.gthread import TConn
+
+    for server_end, client in pairs:
+        client.sendall(post)
+        worker._line.append((TConn(worker.cfg, server_end, client.getsockname(),
+                                   ("127.0.0.1", 0)), time.monotonic() - waited))
+        worker.nr_conns += 1
+
+
+def test_a_line_longer_than_the_bound_sheds_those_that_waited_and_serves_the_rest(make_app):
+    """Four predictions have waited a second, over MAX_QUEUE_WAIT_MS; the worker's bound is
+    two (the compute slot and one in its line), so the first two (each with two or more behind
+    it) are answered 503 and the last two are served by the event loop itself."""
+    pairs = loopback_pairs(4)
+    try:
+        with hand_driven_worker(make_app(MAX_QUEUED_REQUESTS=1)) as worker:
+            in_line(worker, pairs, prediction(digit_png()), waited=1.0)
+            while worker._line:
+                worker._serve_line()
+            answers = [read_response(client) for _server_end, client in pairs]
+            assert_overloaded(answers[0])
+            assert_overloaded(answers[1])
+            assert [answer[:12] for answer in answers[2:]] == [b"HTTP/1.1 200"] * 2
+            assert b'"digit"' in answers[3]
+            # every connection kept alive, back in the poller for its next request
+            assert len(worker.keepalived_conns) == 4 == len(worker.poller.get_map())
+            assert worker.in_flight == 0 and worker.nr_conns == 4
+    finally:
+        for server_end, client in pairs:
+            server_end.close()
+            client.close()
+
+
+def test_a_client_that_has_not_taken_its_answers_is_served_by_a_thread(app):
+    """The event loop serves a prediction itself only while the connection's send queue is
+    empty: a client that does not read would otherwise block the loop, and everyone with it,
+    for up to CLIENT_READ_TIMEOUT once our send buffer is full."""
+    [(server_end, client)] = pairs = loopback_pairs(1, receive_buffer=4096)
+    submitted = []
+
+    class Threads:  # records what would go to a thread
+        def submit(self, handle, conn):
+            submitted.append(conn)
+            return Future()
+
+    try:
+        server_end.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # answers the client has not read, more than its window holds
+                server_end.send(bytes(65536))
+        with hand_driven_worker(app) as worker:
+            worker.tpool = Threads()
+            in_line(worker, pairs, prediction(digit_png()), waited=0.0)
+            worker._serve_line()
+            assert len(submitted) == 1 and worker.in_flight == 1
+            assert not worker._line
+    finally:
+        server_end.close()
+        client.close()
