@@ -8,8 +8,16 @@ import pytest
 
 from models import load
 from models.decision import Decision
-from trainer.strokes import BOX, fit_box, render
-from trainer.synthetic import KINDS, add_synthetic, clothes, not_digits, pen_digits
+from trainer.strokes import BOX, arc, fit_box, render
+from trainer.synthetic import (
+    KINDS,
+    add_synthetic,
+    broad_nib,
+    clothes,
+    not_digits,
+    pen_digits,
+    typeset_digits,
+)
 
 
 def _ink_box(image: np.ndarray) -> tuple[int, int]:
@@ -17,9 +25,10 @@ def _ink_box(image: np.ndarray) -> tuple[int, int]:
     return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
 
 
-def test_generated_images_are_framed_like_uploads_and_reproducible():
-    images, labels = pen_digits(40, np.random.default_rng(5))
-    again, _ = pen_digits(40, np.random.default_rng(5))
+@pytest.mark.parametrize("draw", [pen_digits, typeset_digits])
+def test_generated_images_are_framed_like_uploads_and_reproducible(draw):
+    images, labels = draw(40, np.random.default_rng(5))
+    again, _ = draw(40, np.random.default_rng(5))
     np.testing.assert_array_equal(images, again)
     assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 1
     assert labels.tolist() == [i % 10 for i in range(40)]
@@ -47,6 +56,16 @@ def test_a_stroke_is_drawn_with_the_pen_width_asked():
         np.testing.assert_allclose(rows, width, atol=0.15)
 
 
+def test_a_broad_nib_draws_an_o_thick_at_the_sides_and_thin_at_the_top():
+    """As a serif face's O: a pen held flat swells on the upright parts of a round stroke."""
+    ring = arc(0.5, 0.5, 0.4, 0.5, 0, 360)
+    pieces, widths = broad_nib([ring], 3.0, 0.6, angle=0.0)
+    image = render([pieces], [widths])[0]
+    side = image[14, :14].sum()  # the left side, crossed by the middle row
+    top = image[:14, 14].sum()  # the top, crossed by the middle column
+    assert side > 2.5 and top < 1.2, (side, top)
+
+
 def test_fit_box_frames_any_ink_map():
     ink = np.zeros((90, 40), dtype=np.float32)
     ink[10:80, 5:30] = 1.0
@@ -60,11 +79,15 @@ def test_synthetic_images_are_appended_with_their_labels():
     split = Split(np.zeros((5, 28, 28), np.float32), np.arange(5))
     pictures = np.zeros((30, 28, 28), np.uint8)
     pictures[:, 4:24, 8:20] = 200
-    out = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4)
-    assert len(out) == 26 and out.labels[5:15].tolist() == list(range(10))
-    assert (out.labels[15:] == 10).all()
-    again = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4)
+    out = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4, typeset=20)
+    assert len(out) == 46 and out.labels[5:15].tolist() == list(range(10))
+    assert (out.labels[15:26] == 10).all()
+    assert out.labels[26:].tolist() == [i % 10 for i in range(20)]
+    again = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4, typeset=20)
     np.testing.assert_array_equal(out.images, again.images)
+    # the typeset digits draw from their own stream: the rest are those of a run without them
+    without = add_synthetic(split, 10, 7, seed=0, pictures=pictures, n_clothes=4)
+    np.testing.assert_array_equal(out.images[:26], without.images)
 
 
 def test_a_blank_picture_stays_blank():

@@ -282,6 +282,7 @@ def test_progress_bar_on_a_terminal():
         (["--threads", "-1"], "--threads: must be >= 0"),
         (["--checkpoint-dir", "{synth}/t10k-labels-idx1-ubyte.gz"], "--checkpoint-dir"),
         (["--not-digits", "0", "--clothes", "10"], "--clothes adds pictures of clothes"),
+        (["--dataset", "fashion-mnist", "--typeset-digits", "10"], "has no digits"),
     ],
 )
 def test_usage_errors(tmp_path, capsys, synth_dir, flags, message):
@@ -313,9 +314,10 @@ def test_clothes_come_from_fashion_mnist_or_a_warning_says_there_are_none(tmp_pa
     flags = ("--epochs", "1", "--not-digits", "30", "--clothes", "20", "--no-download")
     fashion = write_synthetic_mnist(tmp_path / "fashion", seed=1)
     monkeypatch.setenv("FASHION_MNIST_DIR", str(fashion))
-    assert run(tmp_path, synth_dir, *flags, "--pen-digits", "10") == 0
+    assert run(tmp_path, synth_dir, *flags, "--pen-digits", "10", "--typeset-digits", "10") == 0
     meta = load(tmp_path / "model.npz")[1]
-    assert meta["training"]["clothes"] == 20 and meta["training"]["train_images"] == 460
+    assert meta["training"]["clothes"] == 20 and meta["training"]["train_images"] == 470
+    assert meta["training"]["typeset_digits"] == 10
     assert "warning" not in capsys.readouterr().out
 
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "nowhere"))

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "crossed 7s, flagged 1s...) added to the training set "
                                  "(default: 2000 for mnist, 0 for fashion-mnist)",
           type=_non_negative_int, metavar="N")
+    hyper(train, "--typeset-digits", "generated typeset digits (serifs, thick and thin "
+                                     "strokes) added to the training set (default: 0)",
+          type=_non_negative_int, metavar="N")
     hyper(train, "--clothes", "Fashion-MNIST training images (from $FASHION_MNIST_DIR, "
                               "Debian's dataset-fashion-mnist or the cache, downloaded and "
                               "checked when missing) added as not-digits beside the generated "
@@ -232,8 +235,10 @@ def parse(argv: list[str]) -> Job:
     if config.clothes and not config.not_digits:
         raise UsageError("--clothes adds pictures of clothes as not-digits: it needs "
                          "--not-digits N (N > 0)")
-    if (config.not_digits or config.pen_digits) and config.dataset != "mnist":
-        raise UsageError(f"--not-digits and --pen-digits generate digits and what is not one; "
+    if (config.not_digits or config.pen_digits or config.typeset_digits) and (
+            config.dataset != "mnist"):
+        raise UsageError(f"--not-digits, --pen-digits and --typeset-digits generate digits "
+                         f"and what is not one; "
                          f"--dataset {config.dataset} has no digits: pass 0 or drop them")
     if args["data_dir"] and args["data_file"]:
         raise UsageError("pass either --data-dir or --data-file, not both")

@@ -35,6 +35,7 @@ DEFAULT_NOT_DIGITS = {"mnist": 6000, "fashion-mnist": 0}
 #: or barely took it (docs/benchmarks.md).
 DEFAULT_CLOTHES = {"mnist": 0, "fashion-mnist": 0}
 DEFAULT_PEN_DIGITS = {"mnist": 2000, "fashion-mnist": 0}
+DEFAULT_TYPESET_DIGITS = {"mnist": 0, "fashion-mnist": 0}
 #: Epochs by (data set, architecture), 20 elsewhere: MNIST's CNN sees the generated images
 #: too (58,000 images an epoch), so 18 of its epochs cost about what 20 of MNIST alone did
 #: (docs/benchmarks.md).
@@ -90,6 +91,7 @@ class TrainConfig:
     flag_ones: bool | None = None  # None: the data set's own, DEFAULT_FLAG_ONES
     not_digits: int | None = None  # None: the data set's own, DEFAULT_NOT_DIGITS
     pen_digits: int | None = None  # None: the data set's own, DEFAULT_PEN_DIGITS
+    typeset_digits: int | None = None  # None: the data set's own, DEFAULT_TYPESET_DIGITS
     clothes: int | None = None  # None: the data set's own, DEFAULT_CLOTHES
     patience: int = 0
     seed: int = 0
@@ -117,6 +119,8 @@ class TrainConfig:
             self.not_digits = DEFAULT_NOT_DIGITS[self.dataset]
         if self.pen_digits is None:
             self.pen_digits = DEFAULT_PEN_DIGITS[self.dataset]
+        if self.typeset_digits is None:
+            self.typeset_digits = DEFAULT_TYPESET_DIGITS[self.dataset]
         if self.clothes is None:
             self.clothes = DEFAULT_CLOTHES[self.dataset] if self.not_digits else 0
 

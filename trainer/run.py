@@ -139,15 +139,16 @@ def train(job: Job, stop: StopFlag) -> int:
         flagged = len(indices)
         progress.message(f"drew a flag on {flagged:,} of the {len(train_split):,} training images "
                          "(upright 1s; --no-flag-ones leaves them as they are)")
-    if config.not_digits or config.pen_digits:
+    if config.not_digits or config.pen_digits or config.typeset_digits:
         pictures = load_clothes(job, config, progress) if config.clothes else None
         # after the normalisation constants too: they stay those of the data set's images
         train_split = add_synthetic(train_split, config.pen_digits, config.not_digits,
-                                    config.seed, pictures, config.clothes)
-        progress.message(f"added {config.pen_digits:,} pen-drawn digits, "
-                         f"{config.not_digits:,} generated images that are not digits and "
-                         f"{config.clothes:,} pictures of clothes (--pen-digits, --not-digits, "
-                         "--clothes)")
+                                    config.seed, pictures, config.clothes,
+                                    config.typeset_digits)
+        progress.message(f"added {config.pen_digits:,} pen-drawn and {config.typeset_digits:,} "
+                         f"typeset digits, {config.not_digits:,} generated images that are not "
+                         f"digits and {config.clothes:,} pictures of clothes (--pen-digits, "
+                         "--typeset-digits, --not-digits, --clothes)")
     prepared = prepare(train_split, data.val, preprocessing, config.augment_config())
 
     try:

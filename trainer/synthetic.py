@@ -1,12 +1,14 @@
-"""Generated training images: digits written with a pen, and what is not a digit.
+"""Generated training images: digits written with a pen or typeset, and what is not a digit.
 
 ``pen_digits`` draws the stroke table's digits (trainer.glyphs) with a hand's wobble and
 tremor and pens from a fine liner to a marker, so that a thin, even pen stroke stops
-signalling "not a digit". ``not_digits`` draws letters and symbols, doodles (stars, hearts,
-spirals, houses, arrows, faces, zigzags, scribbles...), photo-like textures and noise, framed
-as the server frames an upload (long side 20 pixels, mass centred); ``clothes`` frames
-pictures of clothes (Fashion-MNIST's training images) the same way. All in numpy, from the
-caller's generator: the trainer never imports PIL.
+signalling "not a digit"; ``typeset_digits`` draws them as type is (serifs, bowls thick at
+the sides and thin at the top, no tremor), the style of the typeset letters among the
+not-digits. ``not_digits`` draws letters and symbols, doodles (stars, hearts, spirals,
+houses, arrows, faces, zigzags, scribbles...), photo-like textures and noise, framed as the
+server frames an upload (long side 20 pixels, mass centred); ``clothes`` frames pictures of
+clothes (Fashion-MNIST's training images) the same way. All in numpy, from the caller's
+generator: the trainer never imports PIL.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from models import framing
 from trainer.data import Split
-from trainer.glyphs import DIGITS, SYMBOLS
+from trainer.glyphs import DIGITS, MARKED_ZEROS, SYMBOLS
 from trainer.strokes import SIDE, arc, hand, line, path, render
 
 #: Pen widths in pixels of the 28x28 image: the range the server's pipeline leaves strokes in
@@ -37,6 +39,66 @@ def pen_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
         shape = variants[int(rng.integers(len(variants)))]
         shapes.append(hand(shape, rng, tremor=rng.uniform(0.0, 0.8)))
     return render(shapes, _widths(n, rng)), labels
+
+
+def broad_nib(shape: list, thick: float, thin: float, angle: float) -> tuple[list, list]:
+    """(pieces, widths): ``shape``'s strokes cut into pieces a few points long, each as wide
+    as a broad pen held at ``angle`` (radians) draws it: ``thick`` across the pen's edge,
+    ``thin`` along it, as a serif face's round letters swell at the sides and thin at the top
+    and bottom. The strokes should be dense (``hand`` makes them so)."""
+    pieces, widths = [], []
+    for stroke in shape:
+        for i in range(0, max(len(stroke) - 1, 1), NIB_PIECE):
+            piece = stroke[i:i + NIB_PIECE + 1]
+            dx, dy = piece[-1] - piece[0]
+            pieces.append(piece)
+            widths.append(thin + (thick - thin) * abs(np.sin(np.arctan2(dy, dx) - angle)))
+    return pieces, widths
+
+
+#: Points of a dense stroke (hand's, about 1.4 px apart) per piece of one width.
+NIB_PIECE = 3
+#: A typeset digit's thickest stroke in pixels, and its thinnest as a share of it: from a
+#: light face's even strokes to a bold serif's hairlines.
+TYPE_WIDTHS, TYPE_CONTRAST = (1.6, 3.8), (0.1, 0.7)
+#: The broad pen's angle in degrees (0: flat, upright strokes thickest).
+NIB_ANGLES = (-35, 10)
+#: Strokes of the stroke table with more control points than this are curves (arcs, paths
+#: through them); the rest are straight bars and stems.
+CURVE_POINTS = 4
+
+
+def _typeset(shape: list, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+    """``shape`` as type: serifs on half, a steady hand, thick and thin strokes."""
+    if rng.random() < 0.5:
+        shape = shape + _serifs(shape, rng)
+    curved = [len(stroke) > CURVE_POINTS for stroke in shape]
+    shape = hand(shape, rng, tremor=0.0, rotation=8, wobble=0.005)
+    thick = rng.uniform(*TYPE_WIDTHS)
+    thin = thick * rng.uniform(*TYPE_CONTRAST)
+    angle = np.deg2rad(rng.uniform(*NIB_ANGLES))
+    pieces, widths = [], []
+    for stroke, curve in zip(shape, curved):
+        if curve:  # bowls swell and thin as a broad pen draws them
+            more, more_widths = broad_nib([stroke], thick, thin, angle)
+        else:  # bars, stems and serifs: each one width between the thin and the thick
+            more, more_widths = [stroke], [rng.uniform(thin, thick)]
+        pieces += more
+        widths += more_widths
+    return pieces, np.array(widths, dtype=np.float32)
+
+
+def typeset_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) float32, labels (n,) int64): the digits 0-9 in turn, each a random
+    variant of its stroke table set in a random face (``_typeset``)."""
+    labels = np.arange(n, dtype=np.int64) % 10
+    shapes, widths = [], []
+    for digit in labels:
+        variants = DIGITS[int(digit)] + (MARKED_ZEROS if digit == 0 else [])
+        pieces, piece_widths = _typeset(variants[int(rng.integers(len(variants)))], rng)
+        shapes.append(pieces)
+        widths.append(piece_widths)
+    return render(shapes, widths), labels
 
 
 # --- doodles: each a function of the generator returning strokes in a unit box -------------
@@ -466,6 +528,8 @@ def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None 
 #: The generated images' own random stream ("synt"), as trainer.flags has its own: the model's
 #: initialisation and every epoch's shuffle and augmentation draw from theirs.
 SYNTHETIC_STREAM = 0x73796E74
+#: The typeset digits' sub-stream ("type").
+TYPESET_STREAM = 0x74797065
 
 
 def clothes(pictures: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -479,15 +543,20 @@ def clothes(pictures: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 
 
 def add_synthetic(split: Split, pen: int, negatives: int, seed: int,
-                  pictures: np.ndarray | None = None, n_clothes: int = 0) -> Split:
+                  pictures: np.ndarray | None = None, n_clothes: int = 0,
+                  typeset: int = 0) -> Split:
     """``split`` with ``pen`` pen-drawn digits, ``negatives`` generated images and ``n_clothes``
-    of ``pictures`` (clothes) labelled 10 ("not a digit") appended; the same arguments give
-    the same arrays."""
+    of ``pictures`` (clothes) labelled 10 ("not a digit") and ``typeset`` typeset digits
+    appended; the same arguments give the same arrays."""
     rng = np.random.default_rng([seed, SYNTHETIC_STREAM])
     pen_images, pen_labels = pen_digits(pen, rng)
     negative_images, _ = not_digits(negatives, rng)
     worn = clothes(pictures, n_clothes, rng) if n_clothes else np.zeros((0, SIDE, SIDE),
                                                                         np.float32)
-    return Split(np.concatenate([split.images, pen_images, negative_images, worn]),
+    # drawn last, from their own stream: the images above stay those of a run without them
+    type_images, type_labels = typeset_digits(
+        typeset, np.random.default_rng([seed, SYNTHETIC_STREAM, TYPESET_STREAM]))
+    return Split(np.concatenate([split.images, pen_images, negative_images, worn, type_images]),
                  np.concatenate([split.labels, pen_labels,
-                                 np.full(negatives + len(worn), 10, dtype=np.int64)]))
+                                 np.full(negatives + len(worn), 10, dtype=np.int64),
+                                 type_labels]))
