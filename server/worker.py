@@ -169,8 +169,8 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _take(self, sock, client, listener) -> None:
         """gthread's accept hands a new connection to a thread, which waits there for its first
-        request; here it waits in the poller, as gthread's deferred ones do, so that the event
-        loop can shed that request (on_pending_socket_readable)."""
+        request; here it waits in the poller, as gthread's deferred ones do, so that the
+        request joins the line when it comes (on_pending_socket_readable)."""
         self.nr_conns += 1
         conn = gthread.TConn(self.cfg, sock, client, listener.getsockname())  # non-blocking
         conn.set_timeout()
@@ -194,14 +194,7 @@ class BalancedThreadWorker(ThreadWorker):
             timeout = 0
         elif hold > 0:
             timeout = min(timeout, hold)
-        try:
-            events = self.poller.select(timeout)
-        except OSError as exc:
-            if exc.errno != errno.EINTR:
-                raise
-            return
-        for key, _ in events:
-            key.data(key.fileobj)
+        super().wait_for_and_dispatch_events(timeout)
         self._serve_line()
 
     # --- requests ---------------------------------------------------------------------------
@@ -230,7 +223,8 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _capacity(self) -> float:
         """Requests in progress at once, at most: the app's compute slot and its line (inf for
-        an app not ours, which is never shed here)."""
+        an app not ours, which is never shed here). Read from the app once, with its
+        MAX_QUEUE_WAIT_MS."""
         if self._shed_at is None:
             try:
                 self._shed_at = get_serving(self.wsgi).inference.slots.capacity
@@ -252,12 +246,13 @@ class BalancedThreadWorker(ThreadWorker):
         or if it has waited more than the app's MAX_QUEUE_WAIT_MS in a line longer than that
         bound; served here if no thread is working and it is small; anything else goes to a
         thread, its bytes left in place."""
+        capacity = self._capacity()
         idle = self.in_flight == 0
-        at_bound = self.in_flight >= self._capacity()
+        at_bound = self.in_flight >= capacity
         # Waiting long counts only in a line longer than the bound: a short line waited on a
         # stall (a long request, a busy machine) that has passed.
-        late = waited > self._max_wait and len(self._line) >= self._capacity()
-        if (idle or at_bound or late) and self._capacity() < float("inf") \
+        late = waited > self._max_wait and len(self._line) >= capacity
+        if (idle or at_bound or late) and capacity < float("inf") \
                 and not conn.is_http2 and not self.cfg.is_ssl:
             try:
                 data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
