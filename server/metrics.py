@@ -11,8 +11,11 @@ writes its values to files there and a scrape merges them, so whichever worker a
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -116,11 +119,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format: this app's values, or all workers' in multiprocess mode."""
         if multiprocess_mode():
-            # A fresh registry per scrape, as prometheus_client documents: the collector reads
-            # every worker's files at collection time.
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
+            return merged_exposition(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         return generate_latest(self.registry)
 
 
@@ -130,25 +129,52 @@ SUMMED_TYPES = ("counter", "histogram", "summary")
 RETIRED = "retired"
 
 
+@contextmanager
+def locked(directory: str, operation: int) -> Iterator[None]:
+    """Hold ``flock(operation)`` on the metrics directory itself (no extra file in it): scrapes
+    share it, ``retire_worker`` holds it alone. Released when the block ends or the process
+    dies."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, operation)
+        yield
+    finally:
+        os.close(fd)
+
+
+def merged_exposition(directory: str) -> bytes:
+    """The Prometheus text format of every worker's files in ``directory``, summed.
+
+    A fresh registry per scrape, as prometheus_client documents: the collector reads the files
+    at collection time. It lists them, then opens each; without the shared lock a worker
+    retired in between turned the scrape into a 503 (its file gone) or counted its values twice
+    (in its file and in the retired one), in the scrape right after a model reload."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    with locked(directory, fcntl.LOCK_SH):
+        return generate_latest(registry)
+
+
 def retire_worker(pid: int, directory: str | None = None) -> None:
     """Fold a dead worker's metric files into the ``retired`` ones, so that the directory
     holds one file per type and live worker instead of one per worker ever started (a model
-    reload starts new workers; each scrape reads every file). Totals are unchanged, but for
-    an instant a scrape could count the dead worker's values twice. Runs in gunicorn's master
-    (child_exit), which alone writes the retired files."""
+    reload starts new workers; each scrape reads every file). Totals are unchanged, and no
+    scrape sees the move half done: it holds the directory's lock alone. Runs in gunicorn's
+    master (child_exit), which alone writes the retired files."""
     directory = directory or os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    multiprocess.mark_process_dead(pid, directory)  # its live gauges, if there were any
-    for kind in SUMMED_TYPES:
-        dead = os.path.join(directory, f"{kind}_{pid}.db")
-        if not os.path.exists(dead):
-            continue
-        retired = MmapedDict(os.path.join(directory, f"{kind}_{RETIRED}.db"))
-        try:
-            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-                retired.write_value(key, retired.read_value(key)[0] + value, timestamp)
-        finally:
-            retired.close()
-        os.remove(dead)
+    with locked(directory, fcntl.LOCK_EX):
+        multiprocess.mark_process_dead(pid, directory)  # its live gauges, if there were any
+        for kind in SUMMED_TYPES:
+            dead = os.path.join(directory, f"{kind}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            retired = MmapedDict(os.path.join(directory, f"{kind}_{RETIRED}.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                    retired.write_value(key, retired.read_value(key)[0] + value, timestamp)
+            finally:
+                retired.close()
+            os.remove(dead)
 
 
 class StageTimer:
