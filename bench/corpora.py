@@ -595,7 +595,8 @@ def digit_set(count: int, seed: int = 2000, mnist: tuple | None = None) -> list[
 def scan(mask: np.ndarray, rng: np.random.Generator) -> tuple[bytes, dict]:
     """A low-resolution scan of a coverage mask: cropped to the ink with a small margin,
     shrunk to 8-16 pixels (box filter), binarised or not, then enlarged blocky or smooth, or
-    uploaded that small; and those conditions as tags (``side``, ``binary``, ``enlarge``)."""
+    uploaded that small; and those conditions as tags (``side``, ``binary``, ``enlarge``, and
+    ``ink``: fewer than 10 pixels of the small scan at a quarter of full ink or more, or not)."""
     ys, xs = np.nonzero(mask > 0.1)
     crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     margin = int(max(crop.shape) * rng.uniform(0, 0.15))
@@ -616,6 +617,10 @@ def scan(mask: np.ndarray, rng: np.random.Generator) -> tuple[bytes, dict]:
         factor = int(rng.integers(3, 12))
         resample = Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.BILINEAR
         image = image.resize((image.width * factor, image.height * factor), resample)
+    # what is left to read: a thin pen line binarised at 8-16 px can leave a few dots or
+    # nothing at all (no reader could tell the digit; docs/benchmarks.md)
+    inked = int(np.count_nonzero(pixels >= 0.25))
     tags = {"side": "8-10" if side <= 10 else "11-13" if side <= 13 else "14-16",
-            "binary": "yes" if binary else "no", "enlarge": mode}
+            "binary": "yes" if binary else "no", "enlarge": mode,
+            "ink": "0-9 px" if inked < 10 else "10+ px"}
     return _encode(image, "PNG"), tags

@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
              args.hard_by),
             ("handwriting: pen-drawn digits and low-resolution scans",
              lambda n, seed: corpora.digit_set(n, seed + 2000, mnist), args.handwriting_count,
-             "case,variant,source,side,binary,enlarge,digit"),
+             "case,variant,source,side,binary,enlarge,ink,digit"),
             ("the trainer's pen digits (a seed training never uses)",
              lambda n, seed: _as_uploads(*pen_digits(n, np.random.default_rng([seed, 99]))),
              args.handwriting_count // 4, "digit")]

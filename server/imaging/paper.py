@@ -14,6 +14,8 @@ from server.imaging.errors import NoDigitFound
 # Residual noise (sigma, in grey levels / 255) of a paper fit beyond which the sample holds
 # ink: phone and scanner noise stays below ~10 levels.
 NOISY = 0.06
+# Grey levels (/ 255) within which a clean picture's paper counts as flat: 5 levels.
+FLAT = 0.02
 
 
 def composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -205,8 +207,26 @@ def _paper_beyond_ink(gray: np.ndarray, plane, sigma: float) -> tuple[np.ndarray
     if noise >= sigma / 2:
         return plane, sigma  # noisy paper after all
     values = sample[:, ::step].reshape(-1)
-    dark = _darker_ink(gray - plane, max(4.0 * noise, 0.01))
+    dark = _darker_ink(gray - _paper_level(gray, values), max(4.0 * noise, 0.01))
     return arrays.percentile(values, 95 if dark else 5), noise
+
+
+def _paper_level(gray: np.ndarray, values: np.ndarray) -> float:
+    """The paper's grey level in a clean picture whose border holds ink, from ``values`` (a
+    sample of it), to tell on which side of it the ink lies.
+
+    Not the plane fitted to the border: with ink along much of the edge (a tight crop of a
+    small scan) it runs between the ink's level and the paper's, and the paper, the larger
+    part, reads as ink (docs/benchmarks.md). A clean picture's paper is flat: the extreme
+    level that a fifth of the picture, and twice as much as the other extreme, sits at;
+    failing that, the border's median (most of a digit's border is paper).
+    """
+    low, high = float(values.min()), float(values.max())
+    at_low = np.count_nonzero(values <= low + FLAT) / values.size
+    at_high = np.count_nonzero(values >= high - FLAT) / values.size
+    if max(at_low, at_high) >= 0.2 and max(at_low, at_high) >= 2 * min(at_low, at_high):
+        return low if at_low > at_high else high
+    return float(arrays.median(gray.reshape(-1)[arrays.border_index(*gray.shape)]))
 
 
 def _darker_ink(deviation: np.ndarray, threshold: float, box: tuple | None = None) -> bool:

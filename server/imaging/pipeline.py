@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models import arrays
+from models import arrays, framing
 from server.imaging.decode import decode, decode_half
 from server.imaging.errors import NoDigitFound
 from server.imaging.normalise import (
@@ -26,6 +26,11 @@ from server.imaging.pieces import keep_digit
 # the box after area averaging. Smaller digits are looked for again at full resolution.
 HALF_SIZE = 80
 MIN_SPAN = 32
+# A picture smaller than the digit's 20-pixel box (a low-resolution scan uploaded as it is,
+# 8-16 px) is enlarged smoothly to SMALL_SIZE a side first, as it will be in the end: at its
+# own size the paper stage's border band is most of the picture and neighbouring pixels
+# differ by whole strokes, which it takes for noise (docs/benchmarks.md).
+SMALL_SIZE = 64
 
 
 def to_mnist(data: bytes, *, max_pixels: int = 40_000_000) -> np.ndarray:
@@ -43,6 +48,7 @@ def to_mnist(data: bytes, *, max_pixels: int = 40_000_000) -> np.ndarray:
             return gray
         if alpha is not None:
             gray = composite(gray, alpha)
+        gray = _enlarge_small(gray)
         if half is None and max(gray.shape) >= 2 * HALF_SIZE:
             crop = _digit_if_big(arrays.halve(gray))
         if crop is None:
@@ -50,6 +56,12 @@ def to_mnist(data: bytes, *, max_pixels: int = 40_000_000) -> np.ndarray:
     if not digit_shaped(crop):
         raise NoDigitFound()
     return normalise(crop)
+
+
+def _enlarge_small(gray: np.ndarray) -> np.ndarray:
+    """``gray`` enlarged (bilinear, aspect kept) to SMALL_SIZE on its long side when that is
+    under the 20-pixel box; else as it is."""
+    return framing.fit(gray, SMALL_SIZE) if max(gray.shape) < framing.BOX else gray
 
 
 def _digit_if_big(half: np.ndarray) -> np.ndarray | None:
