@@ -14,8 +14,11 @@ from server.imaging.errors import NoDigitFound
 # Residual noise (sigma, in grey levels / 255) of a paper fit beyond which the sample holds
 # ink: phone and scanner noise stays below ~10 levels.
 NOISY = 0.06
-# Grey levels (/ 255) within which a clean picture's paper counts as flat: 5 levels.
+# A clean picture's flat paper (``_flat_paper``): within FLAT (5 grey levels) of its darkest
+# or lightest level, which lies within EXTREME of black or white (a sheet, a board; a flat
+# mid-grey is a table or a wall in a photo, and choosing by it answered more photos).
 FLAT = 0.02
+EXTREME = 0.2
 
 
 def composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -195,9 +198,10 @@ def _paper_beyond_ink(gray: np.ndarray, plane, sigma: float) -> tuple[np.ndarray
     """The paper level and noise when the border fit is too rough to be paper alone.
 
     Ink along the border (a tight crop, the blurry enlargement of a small scan) makes the fit's
-    residual ink, not noise. Neighbouring pixels then tell the real noise; the fit still tells
-    on which side of the paper the ink lies, and the paper is the far end of the grey levels
-    on the other side (a few percent of the picture are enough).
+    residual ink, not noise. Neighbouring pixels then tell the real noise; the flat paper of a
+    clean picture (``_flat_paper``), else the fit, tells on which side of the paper the ink
+    lies, and the paper is the far end of the grey levels on the other side (a few percent of
+    the picture are enough).
     """
     if min(gray.shape) < 2:
         return plane, sigma
@@ -207,26 +211,27 @@ def _paper_beyond_ink(gray: np.ndarray, plane, sigma: float) -> tuple[np.ndarray
     if noise >= sigma / 2:
         return plane, sigma  # noisy paper after all
     values = sample[:, ::step].reshape(-1)
-    dark = _darker_ink(gray - _paper_level(gray, values), max(4.0 * noise, 0.01))
+    flat = _flat_paper(values)
+    dark = _darker_ink(gray - (plane if flat is None else flat), max(4.0 * noise, 0.01))
     return arrays.percentile(values, 95 if dark else 5), noise
 
 
-def _paper_level(gray: np.ndarray, values: np.ndarray) -> float:
-    """The paper's grey level in a clean picture whose border holds ink, from ``values`` (a
-    sample of it), to tell on which side of it the ink lies.
+def _flat_paper(values: np.ndarray) -> float | None:
+    """The paper's grey level when a clean picture's paper is flat, from ``values`` (a sample
+    of it): an extreme level within EXTREME of white or black that a fifth of the picture, and
+    twice as much as the other extreme, sits at (a scan's or a drawing's paper, a board);
+    None when there is none.
 
-    Not the plane fitted to the border: with ink along much of the edge (a tight crop of a
-    small scan) it runs between the ink's level and the paper's, and the paper, the larger
-    part, reads as ink (docs/benchmarks.md). A clean picture's paper is flat: the extreme
-    level that a fifth of the picture, and twice as much as the other extreme, sits at;
-    failing that, the border's median (most of a digit's border is paper).
+    With ink along much of the border (a tight crop of a small scan) the plane fitted to the
+    border runs between the ink's level and the paper's, and the paper, the larger part, read
+    as ink (docs/benchmarks.md): a digit covers less of its picture than its paper does.
     """
     low, high = float(values.min()), float(values.max())
-    at_low = np.count_nonzero(values <= low + FLAT) / values.size
-    at_high = np.count_nonzero(values >= high - FLAT) / values.size
+    at_low = np.count_nonzero(values <= low + FLAT) / values.size if low <= EXTREME else 0.0
+    at_high = np.count_nonzero(values >= high - FLAT) / values.size if high >= 1 - EXTREME else 0.0
     if max(at_low, at_high) >= 0.2 and max(at_low, at_high) >= 2 * min(at_low, at_high):
         return low if at_low > at_high else high
-    return float(arrays.median(gray.reshape(-1)[arrays.border_index(*gray.shape)]))
+    return None
 
 
 def _darker_ink(deviation: np.ndarray, threshold: float, box: tuple | None = None) -> bool:
