@@ -59,39 +59,44 @@ class FastInfer:
         if length is None or not 0 <= length <= FAST_BYTES:
             return self.wsgi_app(environ, start_response)
         started = time.perf_counter()
-        try:
-            body = environ["wsgi.input"].read(length)
-        except Exception:  # the client went away or stalled: Flask answers that (400, 408)
-            return self.wsgi_app(environ, start_response)
+        received: list[bytes] = []  # the body once read, to give back with the request
+
+        def read_body(max_bytes: int) -> bytes:
+            # Read only here, once the route's checks have passed, as Flask's route does: a
+            # request for an unknown model is refused before its body is asked for.
+            if length > max_bytes:
+                raise DeclineError()  # Flask's 413, the body unread
+            received.append(environ["wsgi.input"].read(length))
+            if len(received[0]) != length:
+                raise DeclineError()  # werkzeug's 400 for a body cut short
+            return received[0]
+
         name, version = match.groups()
         route = RULES[version is not None]
         token = ROUTE.set(route)
         try:
             with self.app.app_context():
-                headers, answer = self._answer(environ, name, version, body, route, started)
+                headers, body = self._answer(environ, name, version, read_body, route,
+                                             started)
         except Exception:  # refused (or failed): answered by Flask, the one place that refuses
             headers = None
         finally:
             ROUTE.reset(token)
         if headers is None:
-            environ["wsgi.input"] = io.BytesIO(body)
+            if received:
+                environ["wsgi.input"] = io.BytesIO(received[0])
             return self.wsgi_app(environ, start_response)
         start_response("200 OK", headers)
-        return [answer]
+        return [body]
 
     @staticmethod
-    def _answer(environ: dict, name: str, version: str | None, body: bytes, route: str,
+    def _answer(environ: dict, name: str, version: str | None,
+                read_body: Callable[[int], bytes], route: str,
                 started: float) -> tuple[list[tuple[str, str]], bytes]:
         """The answer's headers and body, as the Flask route and its hooks give them."""
         serving = get_serving()
         if serving.inference.slots.full():  # server.api.shed_early's 503, from Flask
             raise DeclineError()
-
-        def read_body(max_bytes: int) -> bytes:
-            if len(body) > max_bytes or len(body) != _content_length(environ):
-                raise DeclineError()  # Flask's 413, or werkzeug's 400 for a body cut short
-            return body
-
         answer = answer_infer(name, version, read_body, environ.get(HEADER_LENGTH_KEY))
         headers = [("Content-Type", answer.content_type),
                    ("Content-Length", str(len(answer.body)))]

@@ -220,3 +220,19 @@ def test_any_answerable_pixels_are_answered_alike(app, count, seed, kind, binary
     fast, flask = both(app, "/v2/models/digitgrad/infer", json.dumps(query).encode(), {})
     assert fast.status_code == 200
     assert_same(fast, flask)
+
+
+def test_a_request_refused_before_its_body_is_read_leaves_it_unread(app):
+    """An unknown model is refused without reading the body, by either path (a client that
+    sent ``Expect: 100-continue`` is then never asked for it)."""
+
+    class Unread:
+        def read(self, *args):
+            raise AssertionError("the body was read")
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v2/models/nope/infer",
+               "CONTENT_LENGTH": "10", "wsgi.input": Unread(), "SERVER_NAME": "localhost",
+               "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    statuses = []
+    body = b"".join(app.wsgi_app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["404 NOT FOUND"] and b"Unknown model" in body
