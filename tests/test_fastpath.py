@@ -236,3 +236,13 @@ def test_a_request_refused_before_its_body_is_read_leaves_it_unread(app):
     statuses = []
     body = b"".join(app.wsgi_app(environ, lambda status, headers: statuses.append(status)))
     assert statuses == ["404 NOT FOUND"] and b"Unknown model" in body
+
+
+def test_its_routes_are_the_apps(app):
+    """The metrics and log lines name the route as Flask does: the rules must be the app's."""
+    rules = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint == "v2.infer"}
+    assert rules == set(fastpath.RULES)
+    for rule in rules:
+        path = rule.replace("<name>", "digitgrad").replace("<version>", "abc")
+        match = fastpath.PATH.fullmatch(path)
+        assert match and fastpath.RULES[match.group(2) is not None] == rule
