@@ -45,7 +45,7 @@ COMPONENTS = [
     ("imaging (decode, to 28x28)", r"server/imaging|PIL/"),
     ("request log", r"server/requestlog\.py|logging/|glogging"),
     ("werkzeug request/response", r"werkzeug/"),
-    ("Flask dispatch, our routes", r"flask/|server/(?!worker\.py|shedding\.py)"),
+    ("Flask dispatch, our routes and fast path", r"flask/|server/(?!worker\.py|shedding\.py)"),
     ("gunicorn HTTP parse and write", r"gunicorn/http/|gunicorn/util\.py"),
     ("gunicorn worker loop and threads", r"gunicorn/|server/worker\.py|server/shedding\.py|"
                                          r"concurrent/futures|threading\.py|selectors\.py|"

@@ -24,6 +24,8 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+#: Every answer's: no MIME sniffing (``_security_headers``).
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 #: The routes that predict: shed under overload (``shed_early``).
 PREDICTING = frozenset({"api.predict", "api.predict_batch", "api.predict_number", "v2.infer"})
 
@@ -40,7 +42,7 @@ def shed_early() -> None:
 @bp.after_app_request
 def _security_headers(response: Response) -> Response:
     """No MIME sniffing on any answer; the page also gets its Content-Security-Policy."""
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault(*NOSNIFF)
     if request.endpoint == "api.index":
         response.headers["Content-Security-Policy"] = PAGE_CSP
     return response

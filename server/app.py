@@ -12,7 +12,7 @@ from flask import Flask
 from flask.json.provider import JSONProvider
 
 from models import ModelFileError
-from server import api, bodies, imaging, metrics, requestlog, state, v2
+from server import api, bodies, fastpath, imaging, metrics, requestlog, state, v2
 from server.errors import register_error_handlers
 from server.inference import Inference
 from server.model import LoadedModel
@@ -93,7 +93,8 @@ def create_app(config: Mapping | None = None) -> Flask:
     settings = load_settings(config)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.request_class = bodies.InMemoryRequest
-    app.wsgi_app = bodies.BodyBudget(settings["MAX_BODY_BYTES_PER_WORKER"]).wrap(app.wsgi_app)
+    app.wsgi_app = bodies.BodyBudget(settings["MAX_BODY_BYTES_PER_WORKER"]).wrap(
+        fastpath.FastInfer(app, app.wsgi_app))
     app.config.update(settings)
     # Flask refuses bigger bodies with 413, multipart and raw alike, before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_UPLOAD_BYTES"]

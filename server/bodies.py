@@ -36,10 +36,15 @@ from server.errors import RETRY_AFTER
 FRAMING_BYTES = 64 * 1024
 
 
+def batch_body_bytes(files: int, file_bytes: int) -> int:
+    """The most a batch's body may hold: ``files`` files of ``file_bytes`` each, plus framing."""
+    return files * file_bytes + FRAMING_BYTES
+
+
 def allow_batch_body(files: int, file_bytes: int) -> None:
     """Let this request's body hold ``files`` files of ``file_bytes`` each, plus framing: a
     batch gets a larger limit than one upload; each file is still held to the upload limit."""
-    request.max_content_length = files * file_bytes + FRAMING_BYTES
+    request.max_content_length = batch_body_bytes(files, file_bytes)
 
 
 def check_streamed_body() -> None:

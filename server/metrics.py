@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -197,8 +198,15 @@ class StageTimer:
             self.histogram.observe(time.perf_counter() - self.started)
 
 
+#: The route of a request served outside Flask (server/fastpath.py), else None.
+ROUTE: ContextVar[str | None] = ContextVar("digitgrad_route", default=None)
+
+
 def route_label() -> str:
     """The current request's route template: bounded label values, unlike raw paths."""
+    route = ROUTE.get()
+    if route is not None:
+        return route
     return request.url_rule.rule if request.url_rule is not None else "unmatched"
 
 

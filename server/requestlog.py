@@ -73,10 +73,18 @@ def _finish(response: Response) -> Response:
     if "request_id" not in g:  # a before_request hook ahead of _start answered the request
         g.request_id = uuid.uuid4().hex
     response.headers[HEADER] = g.request_id
-    started = g.get("request_started")
-    line = _line(g.request_id, request.method, route_label(), response.status_code,
+    log_request(g.request_id, request.method, route_label(), response.status_code,
+                g.get("request_started"), get_serving().model.model_id)
+    return response
+
+
+def log_request(request_id: str, method: str, route: str, status: int, started: float | None,
+                model: str) -> None:
+    """The line of an answered request that started at ``started`` (perf_counter), with the
+    predictions recorded in ``g`` (the app's context) while it was served."""
+    line = _line(request_id, method, route, status,
                  None if started is None else round((time.perf_counter() - started) * 1000, 2),
-                 get_serving().model.model_id)
+                 model)
     predictions = g.get("predictions", [])
     if len(predictions) == 1:
         line["digit"], line["confidence"] = predictions[0][0], round(predictions[0][1], 4)
@@ -84,7 +92,6 @@ def _finish(response: Response) -> Response:
         line["digits"] = [digit for digit, _ in predictions]
         line["confidences"] = [round(confidence, 4) for _, confidence in predictions]
     log.info(json.dumps(line))
-    return response
 
 
 def log_unrouted(request_id: str, method: str, route: str, status: int, model: str) -> None:

@@ -26,6 +26,7 @@ in chunks (server/inference.py), so memory is bounded by the chunk whatever the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from werkzeug.exceptions import HTTPException
 
 from models import digitgrad_version
 from server import imaging, requestlog
-from server.bodies import allow_batch_body, check_streamed_body
+from server.bodies import batch_body_bytes, check_streamed_body
 from server.errors import RETRY_AFTER, UNAVAILABLE, http_error, log_unavailable
 from server.inference import Busy
 from server.model import LoadedModel
@@ -223,6 +224,36 @@ def model_ready(name: str, version: str | None = None):
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
     """Inference on a batch of images, as JSON or binary tensors; outputs as asked."""
+    answer = answer_infer(name, version, _read_request_body, request.headers.get(HEADER_LENGTH))
+    response = Response(answer.body, content_type=answer.content_type)
+    if answer.header_length is not None:
+        response.headers[HEADER_LENGTH] = answer.header_length
+    return response
+
+
+def _read_request_body(max_bytes: int) -> bytes:
+    """The request's body, refused (413, unread) if it is larger than ``max_bytes``."""
+    request.max_content_length = max_bytes
+    body = request.get_data(cache=False)
+    check_streamed_body()
+    return body
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    """An $inference_response: its body, content type, and the JSON's length when binary
+    outputs follow it (the ``Inference-Header-Content-Length`` header), else None."""
+
+    body: bytes
+    content_type: str
+    header_length: str | None = None
+
+
+def answer_infer(name: str, version: str | None, read_body: Callable[[int], bytes],
+                 header_length: str | None) -> InferAnswer:
+    """The infer route without its HTTP framework (server/fastpath.py serves it too): the
+    model's checks, the body from ``read_body(its limit in bytes)``, the predictions. Needs
+    the app's context (``current_app``, ``g``); raises V2Error and what the model may raise."""
     spec, model = _model(name, version)
     if not model.ready:
         raise V2Error(503, "The model is not ready to serve; GET /v2/health/ready.")
@@ -231,17 +262,16 @@ def infer(name: str, version: str | None = None):
     if spec is IMAGE:
         # Up to max_batch image files of max_bytes each, as for /predict/batch.
         max_batch = config["MAX_BATCH_FILES"]
-        allow_batch_body(max_batch, max_bytes + LENGTH_PREFIX)
+        max_body = batch_body_bytes(max_batch, max_bytes + LENGTH_PREFIX)
     else:
         # Pixels cost by their count, not by a file's worst case: up to MAX_TENSOR_IMAGES,
         # the body no larger than they can take as JSON, refused before it is read.
         max_batch = config["MAX_TENSOR_IMAGES"]
-        allow_batch_body(max_batch, IMAGE_JSON_BYTES)
+        max_body = batch_body_bytes(max_batch, IMAGE_JSON_BYTES)
     serving = get_serving()
     with serving.metrics.stage("decode"):
-        body = request.get_data(cache=False)
-        check_streamed_body()
-        query, binary = _split_body(body, request.headers.get(HEADER_LENGTH), spec, max_batch)
+        body = read_body(max_body)
+        query, binary = _split_body(body, header_length, spec, max_batch)
         data = _input_data(query, spec, binary, max_batch, max_bytes)
         outputs = _requested_outputs(query)
     explain = any(name == "attributions" for name, _binary in outputs)
@@ -452,7 +482,7 @@ def _refuse_image(index: int, error: imaging.ImageError) -> None:
 
 
 def _infer_response(model_name: str, version: str, request_id: str | None,
-                    outputs: list[tuple[str, bool]], tensors: dict) -> Response:
+                    outputs: list[tuple[str, bool]], tensors: dict) -> InferAnswer:
     """The $inference_response; binary outputs follow the JSON, as the extension says."""
     entries, chunks = [], []
     for name, binary in outputs:
@@ -471,7 +501,5 @@ def _infer_response(model_name: str, version: str, request_id: str | None,
     body["outputs"] = entries
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
-        return Response(header, content_type="application/json")
-    response = Response(b"".join([header, *chunks]), content_type="application/octet-stream")
-    response.headers[HEADER_LENGTH] = str(len(header))
-    return response
+        return InferAnswer(header, "application/json")
+    return InferAnswer(b"".join([header, *chunks]), "application/octet-stream", str(len(header)))
