@@ -358,6 +358,20 @@ def test_thin_ink_along_the_border_of_a_small_scan_keeps_its_polarity(reference,
     assert _correlation(result, reference) > 0.7
 
 
+def test_the_bench_scans_say_how_much_ink_is_left():
+    """bench.corpora's scans tag what is left to read: a hairline scanned at 8-16 px keeps
+    under 10 pixels of ink (blank once binarised), a marker-drawn 7 more."""
+    from bench import corpora
+
+    rng = np.random.default_rng(0)
+    hairline = np.zeros((300, 200), dtype=np.float32)
+    hairline[20:280, 100] = 1
+    marker = 1 - np.asarray(draw_digit(width=24), dtype=np.float32) / 255
+    for _ in range(20):
+        assert corpora.scan(hairline, rng)[1]["ink"] == "0-9 px"
+        assert corpora.scan(marker, rng)[1]["ink"] == "10+ px"
+
+
 def _hard_set(count: int, seed: int, mnist=None):
     uploads = _bench_uploads()
     try:
