@@ -334,28 +334,57 @@ def test_a_line_longer_than_the_bound_sheds_those_that_waited_and_serves_the_res
             client.close()
 
 
+class Threads:
+    """A thread pool that records what it is given instead of running it."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, handle, conn):
+        self.submitted.append(conn)
+        return Future()
+
+
+V2_ATTRIBUTIONS = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32",
+                                          "shape": [1, 28, 28], "data": [0.0] * 784}],
+                              "outputs": [{"name": "attributions"}]}).encode()
+
+
+@pytest.mark.parametrize("post", [
+    prediction(digit_png()).replace(b"POST /predict ", b"POST /predict?explain=1 "),
+    (f"POST /v2/models/digitgrad/infer HTTP/1.1\r\nHost: x\r\n"
+     f"Content-Length: {len(V2_ATTRIBUTIONS)}\r\n\r\n").encode() + V2_ATTRIBUTIONS,
+], ids=["predict-explain", "v2-attributions"])
+def test_an_explanation_is_served_by_a_thread_not_the_event_loop(app, post):
+    """An explanation costs several times a prediction: the loop leaves it to a thread."""
+    pairs = loopback_pairs(1)
+    try:
+        with hand_driven_worker(app) as worker:
+            worker.tpool = threads = Threads()
+            in_line(worker, pairs, post, waited=0.0)
+            worker._serve_line()
+            assert len(threads.submitted) == 1 and worker.in_flight == 1
+    finally:
+        for server_end, client in pairs:
+            server_end.close()
+            client.close()
+
+
 def test_a_client_that_has_not_taken_its_answers_is_served_by_a_thread(app):
     """The event loop serves a prediction itself only while the connection's send queue is
     empty: a client that does not read would otherwise block the loop, and everyone with it,
     for up to CLIENT_READ_TIMEOUT once our send buffer is full."""
     [(server_end, client)] = pairs = loopback_pairs(1, receive_buffer=4096)
-    submitted = []
-
-    class Threads:  # records what would go to a thread
-        def submit(self, handle, conn):
-            submitted.append(conn)
-            return Future()
-
     try:
         server_end.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while True:  # answers the client has not read, more than its window holds
                 server_end.send(bytes(65536))
         with hand_driven_worker(app) as worker:
-            worker.tpool = Threads()
+            worker.tpool = threads = Threads()
             in_line(worker, pairs, prediction(digit_png()), waited=0.0)
             worker._serve_line()
-            assert len(submitted) == 1 and worker.in_flight == 1
+            assert len(threads.submitted) == 1 and worker.in_flight == 1
             assert not worker._line
     finally:
         server_end.close()
