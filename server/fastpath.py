@@ -79,6 +79,8 @@ class FastInfer:
                 headers, body = self._answer(environ, name, version, read_body, route,
                                              started)
         except Exception:  # refused (or failed): answered by Flask, the one place that refuses
+            # (a refusal after decoding, as a Busy from the compute slot, has its decode
+            # stage timed once here and once there: rare, and only the stage histograms)
             headers = None
         finally:
             ROUTE.reset(token)
