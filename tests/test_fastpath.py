@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_api import scrape
 from test_v2 import (
+    LIMITS,
     MAX_TENSOR_IMAGES,
     binary_request,
     image_request,
@@ -30,8 +31,8 @@ ID = {"X-Request-ID": "fast-path-1"}
 
 @pytest.fixture
 def app(make_app):
-    return make_app(MAX_BATCH_FILES=4, MAX_UPLOAD_BYTES=60_000,
-                    MAX_TENSOR_IMAGES=MAX_TENSOR_IMAGES)
+    """The app of the V2 tests, with their limits."""
+    return make_app(**LIMITS)
 
 
 @pytest.fixture

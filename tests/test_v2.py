@@ -24,10 +24,14 @@ TOKEN = "do-not-echo-7f3a"
 SECRET = f"<script>{TOKEN}</script>"
 
 
+#: The V2 tests' limits (tests/test_fastpath.py uses them too).
+LIMITS = {"MAX_BATCH_FILES": 4, "MAX_UPLOAD_BYTES": 60_000,
+          "MAX_TENSOR_IMAGES": MAX_TENSOR_IMAGES}
+
+
 @pytest.fixture
 def app(make_app):
-    return make_app(MAX_BATCH_FILES=4, MAX_UPLOAD_BYTES=60_000,
-                    MAX_TENSOR_IMAGES=MAX_TENSOR_IMAGES)
+    return make_app(**LIMITS)
 
 
 @pytest.fixture
