@@ -2,12 +2,13 @@
 and without Flask's dispatch.
 
 Of the CPU a one-image V2 request costs the server, werkzeug (environ to request object,
-response object, headers) and Flask (contexts, routing, hooks) took about a quarter
-(docs/benchmarks.md, "where the CPU goes"). ``FastInfer``, a WSGI middleware in front of
-Flask, answers ``POST /v2/models/<name>[/versions/<version>]/infer`` with a Content-Length body
-of at most FAST_BYTES with the route's own code (``server.v2.answer_infer``) in the app's
-context, and gives it what the Flask route's hooks give it: the request's metrics, its log
-line, its ``X-Request-ID`` and ``X-Content-Type-Options`` headers.
+response object, headers) and Flask (contexts, routing, hooks) took a large share (measured
+in docs/benchmarks.md, "where a request's CPU goes"). ``FastInfer``, a WSGI middleware in
+front of Flask, answers ``POST /v2/models/<name>[/versions/<version>]/infer`` with a
+Content-Length body of at most FAST_BYTES with the route's own code
+(``server.v2.answer_infer``) in the app's context, and gives it what the Flask route's hooks
+give it: the request's metrics, its log line, its ``X-Request-ID`` and
+``X-Content-Type-Options`` headers.
 
 Only answers are served here. A request the route would refuse (a V2 error, a busy worker, a
 body over its limit, anything raised) goes to Flask, its body given back, and is answered
