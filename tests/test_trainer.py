@@ -311,7 +311,8 @@ def test_clothes_come_from_fashion_mnist_or_a_warning_says_there_are_none(tmp_pa
                                                                           monkeypatch, capsys):
     """--clothes reads Fashion-MNIST from its own place ($FASHION_MNIST_DIR here: synthetic
     files); where it cannot be had, the run warns, trains without and its file says so."""
-    flags = ("--epochs", "1", "--not-digits", "30", "--clothes", "20", "--no-download")
+    flags = ("--epochs", "1", "--not-digits", "30", "--clothes", "20", "--no-download",
+             "--typed-letters", "0", "--typed-digits", "0")
     fashion = write_synthetic_mnist(tmp_path / "fashion", seed=1)
     monkeypatch.setenv("FASHION_MNIST_DIR", str(fashion))
     assert run(tmp_path, synth_dir, *flags, "--pen-digits", "10", "--typeset-digits", "10") == 0
@@ -326,6 +327,27 @@ def test_clothes_come_from_fashion_mnist_or_a_warning_says_there_are_none(tmp_pa
     assert "warning: no pictures of clothes among the not-digits" in out
     meta = load(tmp_path / "without.npz")[1]
     assert meta["training"]["clothes"] == 0 and meta["training"]["train_images"] == 430
+
+
+def test_typed_letters_come_from_the_machines_fonts_or_a_warning_says_there_are_none(
+        tmp_path, synth_dir, monkeypatch, capsys):
+    """By default half as many typed letters and a sixth as many typed digits as generated
+    not-digits; without the fonts, the run warns, trains without and its file says so."""
+    from trainer import typefaces
+
+    flags = ("--epochs", "1", "--not-digits", "30", "--pen-digits", "0")
+    if typefaces.font_files():
+        assert run(tmp_path, synth_dir, *flags) == 0
+        meta = load(tmp_path / "model.npz")[1]
+        assert (meta["training"]["typed_letters"], meta["training"]["typed_digits"]) == (15, 5)
+        assert meta["training"]["train_images"] == 400 + 30 + 15 + 5
+        assert "warning" not in capsys.readouterr().out
+    monkeypatch.setattr(typefaces, "FONT_DIRS", (tmp_path / "no-fonts",))
+    assert run(tmp_path, synth_dir, *flags, out="without.npz", ckpt="ck2") == 0
+    assert "warning: no typed letters among the not-digits" in capsys.readouterr().out
+    meta = load(tmp_path / "without.npz")[1]
+    assert meta["training"]["typed_letters"] == meta["training"]["typed_digits"] == 0
+    assert meta["training"]["train_images"] == 430
 
 
 def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):

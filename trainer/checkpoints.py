@@ -22,7 +22,8 @@ _VERSION_1_CONFIG = {"dataset": "mnist", "arch": "mlp", "elastic": False, "blur"
 _BEFORE_FLAG_ONES = {"flag_ones": False}
 #: What a checkpoint written before the generated images (trainer.synthetic) meant: none, a
 #: ten-output model; and before the pictures of clothes among the not-digits: none.
-_BEFORE_SYNTHETIC = {"not_digits": 0, "pen_digits": 0, "clothes": 0, "typeset_digits": 0}
+_BEFORE_SYNTHETIC = {"not_digits": 0, "pen_digits": 0, "clothes": 0, "typeset_digits": 0,
+                     "typed_letters": 0, "typed_digits": 0}
 #: Config fields renamed since: old name -> the name TrainConfig knows (the CNN's dense widths
 #: were fc_dims, hidden_dims as in ConvNetwork now).
 _RENAMED = {"fc_dims": "hidden_dims"}

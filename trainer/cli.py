@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "checked when missing) added as not-digits beside the generated "
                               "ones (needs --not-digits); without the data set, a warning and "
                               "none (default: 0)", type=_non_negative_int, metavar="N")
+    hyper(train, "--typed-letters", "letters and symbols set in the machine's DejaVu and "
+                                    "Liberation fonts added as not-digits beside the generated "
+                                    "ones (needs --not-digits); without those fonts, a warning "
+                                    "and none (default: half of --not-digits)",
+          type=_non_negative_int, metavar="N")
+    hyper(train, "--typed-digits", "digits set in the same fonts added to the training set "
+                                   "(without those fonts, none) (default: a sixth of --not-digits)",
+          type=_non_negative_int, metavar="N")
     hyper(train, "--patience", "stop after N epochs without a better validation accuracy "
                                "(0: never)", type=_non_negative_int, metavar="N")
     hyper(train, "--seed", "same seed and flags give identical parameter arrays",
@@ -232,10 +240,13 @@ def parse(argv: list[str]) -> Job:
     if config.flag_ones and config.dataset != "mnist":
         raise UsageError(f"--flag-ones draws flags on handwritten 1s; --dataset {config.dataset} "
                          "has no digits: drop --flag-ones")
-    if config.clothes and not config.not_digits:
-        raise UsageError("--clothes adds pictures of clothes as not-digits: it needs "
-                         "--not-digits N (N > 0)")
-    if (config.not_digits or config.pen_digits or config.typeset_digits) and (
+    for flag, value, what in (("--clothes", config.clothes, "pictures of clothes"),
+                              ("--typed-letters", config.typed_letters, "typed letters")):
+        if value and not config.not_digits:
+            raise UsageError(f"{flag} adds {what} as not-digits: it needs --not-digits N "
+                             "(N > 0)")
+    if (config.not_digits or config.pen_digits or config.typeset_digits
+            or config.typed_digits) and (
             config.dataset != "mnist"):
         raise UsageError(f"--not-digits, --pen-digits and --typeset-digits generate digits "
                          f"and what is not one; "

@@ -10,6 +10,7 @@ import numpy as np
 
 from models import ModelFileError, digitgrad_version, preprocessing_config, save
 from models.decision import scores
+from trainer import typefaces
 from trainer.calibrate import calibrate, calibration_set, logits_of
 from trainer.callbacks import CheckpointWriter, EarlyStopping, MetricsLog
 from trainer.checkpoints import Checkpoint, load_checkpoint
@@ -97,6 +98,18 @@ def load_clothes(job: Job, config: TrainConfig, progress: Progress) -> np.ndarra
         return None
 
 
+def typed_fonts(config: TrainConfig, progress: Progress) -> list:
+    """The fonts for ``--typed-letters`` and ``--typed-digits``; when the machine has none of
+    them, a warning, and both set to 0 (as ``load_clothes`` does without its data set)."""
+    fonts = typefaces.font_files()
+    if not fonts:
+        progress.message("warning: no typed letters among the not-digits: no fonts in "
+                         + ", ".join(map(str, typefaces.FONT_DIRS))
+                         + " (Debian: apt-get install fonts-dejavu-core fonts-liberation)")
+        config.typed_letters = config.typed_digits = 0
+    return fonts
+
+
 def train(job: Job, stop: StopFlag) -> int:
     """Everything after parsing; raises UsageError, DataError, DivergenceError."""
     progress = Progress(quiet=job.quiet)
@@ -139,16 +152,22 @@ def train(job: Job, stop: StopFlag) -> int:
         flagged = len(indices)
         progress.message(f"drew a flag on {flagged:,} of the {len(train_split):,} training images "
                          "(upright 1s; --no-flag-ones leaves them as they are)")
-    if config.not_digits or config.pen_digits or config.typeset_digits:
+    if (config.not_digits or config.pen_digits or config.typeset_digits
+            or config.typed_digits):
         pictures = load_clothes(job, config, progress) if config.clothes else None
         # after the normalisation constants too: they stay those of the data set's images
+        fonts = (typed_fonts(config, progress) if config.typed_letters or config.typed_digits
+                 else [])
         train_split = add_synthetic(train_split, config.pen_digits, config.not_digits,
                                     config.seed, pictures, config.clothes,
-                                    config.typeset_digits)
+                                    config.typeset_digits, config.typed_letters,
+                                    config.typed_digits, fonts)
         progress.message(f"added {config.pen_digits:,} pen-drawn and {config.typeset_digits:,} "
                          f"typeset digits, {config.not_digits:,} generated images that are not "
-                         f"digits and {config.clothes:,} pictures of clothes (--pen-digits, "
-                         "--typeset-digits, --not-digits, --clothes)")
+                         f"digits, {config.clothes:,} pictures of clothes and "
+                         f"{config.typed_letters:,} typed letters and symbols, and "
+                         f"{config.typed_digits:,} typed digits (--pen-digits, --typeset-digits, "
+                         "--not-digits, --clothes, --typed-letters, --typed-digits)")
     prepared = prepare(train_split, data.val, preprocessing, config.augment_config())
 
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from models import framing
+from trainer import typefaces
 from trainer.data import Split
 from trainer.glyphs import DIGITS, MARKED_ZEROS, SYMBOLS
 from trainer.strokes import SIDE, arc, hand, line, path, render
@@ -530,6 +531,8 @@ def not_digits(n: int, rng: np.random.Generator, kinds: dict[str, float] | None 
 SYNTHETIC_STREAM = 0x73796E74
 #: The typeset digits' sub-stream ("type").
 TYPESET_STREAM = 0x74797065
+#: The typed letters' sub-stream ("font").
+TYPED_STREAM = 0x666F6E74
 
 
 def clothes(pictures: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -544,10 +547,13 @@ def clothes(pictures: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 
 def add_synthetic(split: Split, pen: int, negatives: int, seed: int,
                   pictures: np.ndarray | None = None, n_clothes: int = 0,
-                  typeset: int = 0) -> Split:
-    """``split`` with ``pen`` pen-drawn digits, ``negatives`` generated images and ``n_clothes``
-    of ``pictures`` (clothes) labelled 10 ("not a digit") and ``typeset`` typeset digits
-    appended; the same arguments give the same arrays."""
+                  typeset: int = 0, typed: int = 0, typed_digits: int = 0,
+                  fonts: list | None = None) -> Split:
+    """``split`` with ``pen`` pen-drawn digits, ``negatives`` generated images, ``n_clothes``
+    of ``pictures`` (clothes) and ``typed`` letters and symbols set in ``fonts``
+    (trainer.typefaces) labelled 10 ("not a digit"), ``typeset`` typeset digits and
+    ``typed_digits`` digits set in ``fonts`` appended;
+    the same arguments (and font files) give the same arrays."""
     rng = np.random.default_rng([seed, SYNTHETIC_STREAM])
     pen_images, pen_labels = pen_digits(pen, rng)
     negative_images, _ = not_digits(negatives, rng)
@@ -556,7 +562,12 @@ def add_synthetic(split: Split, pen: int, negatives: int, seed: int,
     # drawn last, from their own stream: the images above stay those of a run without them
     type_images, type_labels = typeset_digits(
         typeset, np.random.default_rng([seed, SYNTHETIC_STREAM, TYPESET_STREAM]))
-    return Split(np.concatenate([split.images, pen_images, negative_images, worn, type_images]),
+    font_rng = np.random.default_rng([seed, SYNTHETIC_STREAM, TYPED_STREAM])
+    letters = typefaces.typed(typed, font_rng, fonts or [])
+    font_digits, font_labels = typefaces.typed_digits(typed_digits, font_rng, fonts or [])
+    return Split(np.concatenate([split.images, pen_images, negative_images, worn, type_images,
+                                 letters, font_digits]),
                  np.concatenate([split.labels, pen_labels,
                                  np.full(negatives + len(worn), 10, dtype=np.int64),
-                                 type_labels]))
+                                 type_labels, np.full(len(letters), 10, dtype=np.int64),
+                                 font_labels]))

@@ -1,0 +1,117 @@
+"""Letters and symbols set in the machine's fonts: typed text as "not a digit".
+
+The stroke tables (trainer.glyphs) draw letters the way a pen does, and type only in outline
+(serifs and thick and thin strokes added to a pen's path). Typed text reaches the service
+too: a screenshot, a photographed label or keyboard. ``typed`` renders letters and symbols
+from TrueType fonts with Pillow, in a random weight, slant and size, and frames each as the
+server frames an upload's ink (``models.framing``), as the other generated pictures are.
+
+Which fonts: ``FONT_DIRS`` by default, DejaVu and Liberation as Debian installs them (the
+``fonts-dejavu-core`` and ``fonts-liberation`` packages). GNU FreeFont is left out on purpose:
+it is the benchmark's held-out face (bench.corpora), the measure of faces the model never saw.
+A machine without them trains without typed letters (trainer.run says so and records it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models import framing
+from models.framing import SIDE
+
+#: Where ``typed`` looks for fonts by default (``*.ttf`` directly in each).
+FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"),
+             Path("/usr/share/fonts/truetype/liberation"))
+#: Letters that no reader takes for a digit, as in trainer.glyphs: O o l I S Z B g q b (and s
+#: z i j, which lose their dot or look like a digit's stroke) are neither digits nor not.
+LETTERS = "ACDEFGHJKLMNPQRTUVWXYacdefhkmnprtuvwxy"
+#: Symbols a keyboard or a text has; none a reader takes for a digit (| / ! ( ) are strokes
+#: of digits, [ ] { } ¡ a 1 with a flag or a foot, ° a 0, and - . , : ; too small to frame).
+SYMBOLS = "+=#@%&*<>?^~$€£¥§¶©®πΣΔΩλµ√∞≠±÷×‡«»¿"
+#: Size of the rendering, in pixels of the font's em: the framing shrinks it to 20 px.
+EM = 72
+#: Rotation (degrees either way) of the typed text, as photographed or scanned askew.
+ROTATION = 12
+
+
+def font_files(dirs=None) -> list[Path]:
+    """The TrueType files directly in ``dirs`` (default ``FONT_DIRS``; missing directories
+    are skipped), sorted."""
+    return sorted(p for d in map(Path, FONT_DIRS if dirs is None else dirs) if d.is_dir()
+                  for p in d.glob("*.ttf"))
+
+
+def _missing_box(font) -> bytes:
+    """What ``font`` draws for a character it does not have (a box, or nothing)."""
+    return np.asarray(font.getmask("\uFFFF")).tobytes()
+
+
+def has_glyph(font, char: str) -> bool:
+    """Whether ``font`` (a Pillow FreeType font) draws ``char`` as itself."""
+    return np.asarray(font.getmask(char)).tobytes() != _missing_box(font)
+
+
+def _glyph(char: str, font, rng: np.random.Generator) -> np.ndarray | None:
+    """``char`` in ``font`` as coverage in [0, 1], thinned or thickened a little, turned;
+    None when the font has no such glyph (an empty drawing or the font's "missing" box)."""
+    from PIL import Image, ImageDraw, ImageFilter  # only the trainer's fonts need Pillow
+
+    left, top, right, bottom = font.getbbox(char)
+    if right - left < 2 or bottom - top < 2:
+        return None
+    pad = EM // 4
+    image = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(image).text((pad - left, pad - top), char, fill=255, font=font)
+    weight = rng.random()
+    if weight < 0.2:
+        image = image.filter(ImageFilter.MaxFilter(3 if weight < 0.1 else 5))
+    elif weight < 0.35:
+        image = image.filter(ImageFilter.MinFilter(3))
+    image = image.rotate(float(rng.uniform(-ROTATION, ROTATION)), Image.Resampling.BILINEAR,
+                         expand=True)
+    ink = np.asarray(image, dtype=np.float32) / 255
+    return ink if np.count_nonzero(ink > 0.5) >= 8 else None
+
+
+def _set(chars, rng: np.random.Generator, fonts: list[Path]) -> np.ndarray:
+    """(len(chars), 28, 28) float32: each of ``chars`` set in a random one of ``fonts`` that
+    has it (another when the font lacks it), framed as the server frames an upload."""
+    from PIL import ImageFont
+
+    faces = [ImageFont.truetype(str(f), EM) for f in fonts]
+    missing = [_missing_box(face) for face in faces]
+    out = np.empty((len(chars), SIDE, SIDE), dtype=np.float32)
+    for i, char in enumerate(chars):
+        while True:
+            k = int(rng.integers(len(faces)))
+            if np.asarray(faces[k].getmask(char)).tobytes() == missing[k]:
+                continue  # no such glyph (has_glyph): the font would draw its "missing" box
+            ink = _glyph(char, faces[k], rng)
+            if ink is not None:
+                break
+        out[i] = framing.frame(ink)
+    return out
+
+
+def typed(n: int, rng: np.random.Generator, fonts: list[Path]) -> np.ndarray:
+    """(n, 28, 28) float32: letters and symbols (half each, at random) set in ``fonts``;
+    no fonts: (0, 28, 28)."""
+    if not fonts or not n:
+        return np.zeros((0, SIDE, SIDE), dtype=np.float32)
+    pools = [LETTERS if r < 0.5 else SYMBOLS for r in rng.random(n)]
+    return _set([p[int(rng.integers(len(p)))] for p in pools], rng, fonts)
+
+
+def typed_digits(n: int, rng: np.random.Generator, fonts: list[Path]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) float32, labels (n,) int64): the digits 0-9 in turn set in
+    ``fonts`` as ``typed`` sets letters, so that type's look does not say "not a digit";
+    no fonts: none."""
+    if not fonts:
+        n = 0
+    labels = np.arange(n, dtype=np.int64) % 10
+    if not n:
+        return np.zeros((0, SIDE, SIDE), dtype=np.float32), labels
+    return _set([str(d) for d in labels], rng, fonts), labels
