@@ -86,6 +86,13 @@ ENV PATH=/opt/venv/bin:$PATH
 FROM scratch AS mnist
 
 FROM app AS train
+# The fonts the trainer sets its typed letters and digits in (trainer/typefaces.py): the
+# Debian packages of the project's machines, pinned as bookworm has them, so that the image
+# trains the model a machine does (without them it trains without, and says so).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-dejavu-core=2.37-6 \
+        fonts-dejavu-extra=2.37-6 fonts-liberation=1:1.07.4-11 \
+    && rm -rf /var/lib/apt/lists/*
 # Unset: the trainer's own default number of epochs.
 ARG EPOCHS
 WORKDIR /model

@@ -128,7 +128,8 @@ def test_the_trainer_frames_clothes_as_the_server_frames_an_upload():
 
 @pytest.fixture(scope="session")
 def not_a_digit_model_path(mnist_dir, tmp_path_factory):
-    """A small model trained for real with generated not-digits (about 30 s of CPU)."""
+    """A small model trained for real with generated not-digits and, where the fonts are,
+    typed letters and digits (about 40 s of CPU)."""
     from trainer.__main__ import main
 
     out = tmp_path_factory.mktemp("not-a-digit")
@@ -162,8 +163,9 @@ def test_a_trained_model_refuses_font_letters_and_keeps_mnist_digits(not_a_digit
     kinds = [v for k, v in held_out.items() if k.startswith("not:")]
     assert min(kinds) >= 0.4 and np.mean(kinds) >= 0.6, held_out
     assert max(v for k, v in held_out.items() if not k.startswith("not:")) <= 0.02, held_out
-    # PIL's fonts and smooth pen doodles, a style it never saw: a model without the decision
-    # refuses none, the default most (docs/benchmarks.md)
+    # PIL's fonts (the trainer's typed letters are DejaVu and Liberation; FreeFont it never
+    # saw) and smooth pen doodles, a style it never saw: a model without the decision refuses
+    # none, the default most (docs/benchmarks.md)
     preprocessing = metadata["preprocessing"]
     letters = corpora.not_digit_set(120, seed=3, kinds=("font-letters", "doodles"))
     predicted, _, answer = bench.evaluate_uploads(module, preprocessing, letters, decision)

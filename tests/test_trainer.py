@@ -331,16 +331,17 @@ def test_clothes_come_from_fashion_mnist_or_a_warning_says_there_are_none(tmp_pa
 
 def test_typed_letters_come_from_the_machines_fonts_or_a_warning_says_there_are_none(
         tmp_path, synth_dir, monkeypatch, capsys):
-    """By default half as many typed letters and a sixth as many typed digits as generated
-    not-digits; without the fonts, the run warns, trains without and its file says so."""
+    """By default a quarter as many typed letters and a sixth as many typed digits as
+    generated not-digits; without the fonts, the run warns, trains without and its file says
+    so."""
     from trainer import typefaces
 
     flags = ("--epochs", "1", "--not-digits", "30", "--pen-digits", "0")
     if typefaces.font_files():
         assert run(tmp_path, synth_dir, *flags) == 0
         meta = load(tmp_path / "model.npz")[1]
-        assert (meta["training"]["typed_letters"], meta["training"]["typed_digits"]) == (15, 5)
-        assert meta["training"]["train_images"] == 400 + 30 + 15 + 5
+        assert (meta["training"]["typed_letters"], meta["training"]["typed_digits"]) == (8, 5)
+        assert meta["training"]["train_images"] == 400 + 30 + 8 + 5
         assert "warning" not in capsys.readouterr().out
     monkeypatch.setattr(typefaces, "FONT_DIRS", (tmp_path / "no-fonts",))
     assert run(tmp_path, synth_dir, *flags, out="without.npz", ckpt="ck2") == 0

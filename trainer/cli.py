@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     hyper(train, "--typed-letters", "letters and symbols set in the machine's DejaVu and "
                                     "Liberation fonts added as not-digits beside the generated "
                                     "ones (needs --not-digits); without those fonts, a warning "
-                                    "and none (default: half of --not-digits)",
+                                    "and none (default: a quarter of --not-digits)",
           type=_non_negative_int, metavar="N")
     hyper(train, "--typed-digits", "digits set in the same fonts added to the training set "
                                    "(without those fonts, none) (default: a sixth of --not-digits)",

@@ -12,8 +12,9 @@ reshuffled everything and one seed of three lost 11 points on oblique 6s (read a
 
 The flag is drawn the way a pen would: a straight stroke as wide as the digit's own strokes,
 with a round end, supersampled 4x and area-averaged, in the digit's ink (the 90th percentile of
-its ink pixels). In numpy, as the trainer never imports PIL; it carries the ink of the same
-stroke drawn with PIL's ImageDraw to within 1% on MNIST's 1s (tests/test_flag_ones.py).
+its ink pixels). In numpy, as the trainer draws (Pillow only reads its fonts); it carries the
+ink of the same stroke drawn with PIL's ImageDraw to within 1% on MNIST's 1s
+(tests/test_flag_ones.py).
 
 Randomness comes from its own stream, ``default_rng([seed, FLAG_STREAM])``: the model's
 initialisation, shuffling and per-batch augmentation draw exactly what they draw without it.

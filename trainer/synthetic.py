@@ -8,7 +8,7 @@ not-digits. ``not_digits`` draws letters and symbols, doodles (stars, hearts, sp
 houses, arrows, faces, zigzags, scribbles...), photo-like textures and noise, framed as the
 server frames an upload (long side 20 pixels, mass centred); ``clothes`` frames pictures of
 clothes (Fashion-MNIST's training images) the same way. All in numpy, from the caller's
-generator: the trainer never imports PIL.
+generator (only the typed letters of trainer.typefaces need Pillow, for the fonts).
 """
 
 from __future__ import annotations
