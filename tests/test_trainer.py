@@ -341,6 +341,7 @@ def test_typed_letters_come_from_the_machines_fonts_or_a_warning_says_there_are_
         assert run(tmp_path, synth_dir, *flags) == 0
         meta = load(tmp_path / "model.npz")[1]
         assert (meta["training"]["typed_letters"], meta["training"]["typed_digits"]) == (8, 5)
+        assert meta["training"]["typed_fonts"] == [f.name for f in typefaces.font_files()]
         assert meta["training"]["train_images"] == 400 + 30 + 8 + 5
         assert "warning" not in capsys.readouterr().out
     monkeypatch.setattr(typefaces, "FONT_DIRS", (tmp_path / "no-fonts",))
@@ -348,7 +349,7 @@ def test_typed_letters_come_from_the_machines_fonts_or_a_warning_says_there_are_
     assert "warning: no typed letters among the not-digits" in capsys.readouterr().out
     meta = load(tmp_path / "without.npz")[1]
     assert meta["training"]["typed_letters"] == meta["training"]["typed_digits"] == 0
-    assert meta["training"]["train_images"] == 430
+    assert meta["training"]["train_images"] == 430 and meta["training"]["typed_fonts"] == []
 
 
 def test_train_writes_model_metrics_and_report(tmp_path, synth_dir, capsys):

@@ -152,6 +152,7 @@ def train(job: Job, stop: StopFlag) -> int:
         flagged = len(indices)
         progress.message(f"drew a flag on {flagged:,} of the {len(train_split):,} training images "
                          "(upright 1s; --no-flag-ones leaves them as they are)")
+    fonts = []
     if (config.not_digits or config.pen_digits or config.typeset_digits
             or config.typed_digits):
         pictures = load_clothes(job, config, progress) if config.clothes else None
@@ -203,13 +204,15 @@ def train(job: Job, stop: StopFlag) -> int:
               f"resume with: {resume_command(job.argv)}", file=sys.stderr)
         return EXIT_FAILURE
 
-    export(session, data, preprocessing, len(train_split), flagged, job, progress)
+    export(session, data, preprocessing, len(train_split), flagged, job, progress,
+           [f.name for f in fonts])
     return EXIT_OK
 
 
 def export(session: Session, data: MNIST, preprocessing: dict, train_images: int,
-           flagged_ones: int, job: Job, progress: Progress) -> None:
-    """Test the best-validation parameters (the test set's only use) and write every output."""
+           flagged_ones: int, job: Job, progress: Progress, fonts: list[str]) -> None:
+    """Test the best-validation parameters (the test set's only use) and write every output;
+    ``fonts``: the files the typed letters and digits were set in (the model's record)."""
     model, state, config, paths = session.model, session.state, session.config, job.paths
     model.load_state_dict(session.best)
     decision, calibration = None, {}
@@ -236,7 +239,7 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
         metrics["calibration_refused"] = calibration["refused"]
     training = {**config.to_dict(), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                 "stopped_early": state.stopped_early, "train_images": train_images,
-                "flagged_ones": flagged_ones}
+                "flagged_ones": flagged_ones, "typed_fonts": fonts}
     metadata = {
         "preprocessing": preprocessing,
         "training": training,
