@@ -1,15 +1,18 @@
-"""Letters and symbols set in the machine's fonts: typed text as "not a digit".
+"""Letters, symbols and digits set in the machine's fonts: typed text, digit or not.
 
 The stroke tables (trainer.glyphs) draw letters the way a pen does, and type only in outline
 (serifs and thick and thin strokes added to a pen's path). Typed text reaches the service
 too: a screenshot, a photographed label or keyboard. ``typed`` renders letters and symbols
-from TrueType fonts with Pillow, in a random weight, slant and size, and frames each as the
-server frames an upload's ink (``models.framing``), as the other generated pictures are.
+("not a digit") and ``typed_digits`` the digits from TrueType fonts with Pillow, a little
+bolder or lighter and turned, and frames each as the server frames an upload's ink
+(``models.framing``), as the other generated pictures are. The digits keep type's look from
+meaning "not a digit".
 
 Which fonts: ``FONT_DIRS`` by default, DejaVu and Liberation as Debian installs them (the
-``fonts-dejavu-core`` and ``fonts-liberation`` packages). GNU FreeFont is left out on purpose:
-it is the benchmark's held-out face (bench.corpora), the measure of faces the model never saw.
-A machine without them trains without typed letters (trainer.run says so and records it).
+``fonts-dejavu-core``, ``fonts-dejavu-extra`` and ``fonts-liberation`` packages). GNU FreeFont
+is left out on purpose: it is the benchmark's held-out face (bench.corpora), the measure of
+faces the model never saw. A machine without them trains without typed letters and digits
+(trainer.run says so and records it).
 """
 
 from __future__ import annotations
