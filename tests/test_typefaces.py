@@ -85,3 +85,21 @@ def test_a_glyph_a_font_lacks_is_skipped_not_drawn_as_its_missing_box():
     # every character is some font's own: none is only ever a missing box
     for char in typefaces.LETTERS + typefaces.SYMBOLS:
         assert any(typefaces.has_glyph(face, char) for face in every), char
+
+
+@needs_fonts
+def test_characters_no_font_has_are_left_out_not_waited_for(monkeypatch):
+    """A machine's fonts may lack some of the characters: those are never drawn (and the run
+    never waits on them); the images are still as many as asked."""
+    monkeypatch.setattr(typefaces, "LETTERS", "\u4e00")
+    monkeypatch.setattr(typefaces, "SYMBOLS", "\u4e01")
+    assert typefaces.typed(10, np.random.default_rng(0), FONTS).shape == (0, 28, 28)
+    monkeypatch.setattr(typefaces, "LETTERS", "\u4e00K")  # only letters: all of them K
+    one = typefaces.typed(10, np.random.default_rng(0), FONTS)
+    assert one.shape == (10, 28, 28)
+    monkeypatch.setattr(typefaces, "SYMBOLS", "\u4e01+")
+    images = typefaces.typed(10, np.random.default_rng(0), FONTS)
+    assert images.shape == (10, 28, 28) and all(image.any() for image in images)
+    digits, labels = typefaces.typed_digits(12, np.random.default_rng(0), FONTS)
+    assert digits.shape == (12, 28, 28) and labels.tolist() == [i % 10 for i in range(12)]
+    assert typefaces.typed_digits(12, np.random.default_rng(0), [])[0].shape == (0, 28, 28)

@@ -37,6 +37,8 @@ SYMBOLS = "+=#@%&*<>?^~$€£¥§¶©®πΣΔΩλµ√∞≠±÷×‡«»¿"
 EM = 72
 #: Rotation (degrees either way) of the typed text, as photographed or scanned askew.
 ROTATION = 12
+#: Draws of a font for one character before giving up (none draws it large enough).
+MAX_TRIES = 1000
 
 
 def font_files(dirs=None) -> list[Path]:
@@ -78,43 +80,53 @@ def _glyph(char: str, font, rng: np.random.Generator) -> np.ndarray | None:
     return ink if np.count_nonzero(ink > 0.5) >= 8 else None
 
 
-def _set(chars, rng: np.random.Generator, fonts: list[Path]) -> np.ndarray:
-    """(len(chars), 28, 28) float32: each of ``chars`` set in a random one of ``fonts`` that
-    has it (another when the font lacks it), framed as the server frames an upload."""
+def _faces(fonts: list[Path]) -> list:
+    """Pillow's FreeType fonts of ``fonts`` at the rendering size."""
     from PIL import ImageFont
 
-    faces = [ImageFont.truetype(str(f), EM) for f in fonts]
+    return [ImageFont.truetype(str(f), EM) for f in fonts]
+
+
+def _set(chars, rng: np.random.Generator, faces: list) -> np.ndarray:
+    """(len(chars), 28, 28) float32: each of ``chars`` set in a random one of ``faces`` that
+    has it (another when the font lacks it), framed as the server frames an upload. Every
+    char must be some face's own (``has_glyph``)."""
     missing = [_missing_box(face) for face in faces]
     out = np.empty((len(chars), SIDE, SIDE), dtype=np.float32)
     for i, char in enumerate(chars):
-        while True:
+        for _ in range(MAX_TRIES):
             k = int(rng.integers(len(faces)))
             if np.asarray(faces[k].getmask(char)).tobytes() == missing[k]:
                 continue  # no such glyph (has_glyph): the font would draw its "missing" box
             ink = _glyph(char, faces[k], rng)
             if ink is not None:
                 break
+        else:
+            raise ValueError(f"no font draws {char!r} large enough to frame")
         out[i] = framing.frame(ink)
     return out
 
 
 def typed(n: int, rng: np.random.Generator, fonts: list[Path]) -> np.ndarray:
-    """(n, 28, 28) float32: letters and symbols (half each, at random) set in ``fonts``;
-    no fonts: (0, 28, 28)."""
-    if not fonts or not n:
+    """(n, 28, 28) float32: letters and symbols (half each, at random) set in ``fonts``, of
+    those some font has; no fonts (or none with any of them): (0, 28, 28)."""
+    faces = _faces(fonts) if n else []
+    pools = [p for p in ("".join(c for c in chars if any(has_glyph(f, c) for f in faces))
+                         for chars in (LETTERS, SYMBOLS)) if p]
+    if not pools:
         return np.zeros((0, SIDE, SIDE), dtype=np.float32)
-    pools = [LETTERS if r < 0.5 else SYMBOLS for r in rng.random(n)]
-    return _set([p[int(rng.integers(len(p)))] for p in pools], rng, fonts)
+    picked = [pools[0] if r < 0.5 else pools[-1] for r in rng.random(n)]
+    return _set([p[int(rng.integers(len(p)))] for p in picked], rng, faces)
 
 
 def typed_digits(n: int, rng: np.random.Generator, fonts: list[Path]
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(images (n, 28, 28) float32, labels (n,) int64): the digits 0-9 in turn set in
-    ``fonts`` as ``typed`` sets letters, so that type's look does not say "not a digit";
-    no fonts: none."""
-    if not fonts:
-        n = 0
-    labels = np.arange(n, dtype=np.int64) % 10
-    if not n:
+    """(images (n, 28, 28) float32, labels (n,) int64): the digits 0-9 in turn set in those
+    of ``fonts`` that have all ten, as ``typed`` sets letters, so that type's look does not
+    say "not a digit"; no such fonts: none."""
+    faces = [f for f in (_faces(fonts) if n else [])
+             if all(has_glyph(f, str(d)) for d in range(10))]
+    labels = np.arange(n if faces else 0, dtype=np.int64) % 10
+    if not faces:
         return np.zeros((0, SIDE, SIDE), dtype=np.float32), labels
-    return _set([str(d) for d in labels], rng, fonts), labels
+    return _set([str(d) for d in labels], rng, faces), labels
