@@ -362,7 +362,7 @@ def test_the_bench_scans_say_how_much_ink_is_left():
     """bench.corpora's scans tag what is left to read: a hairline scanned grey at 8-16 px
     keeps under 10 pixels of ink, a marker-drawn 7 more. Binarised, the hairline stays: a
     1-bit scanner sets its threshold from the page's contrast, it does not erase the writing
-    (a fixed threshold left 99 of the bench's 1,000 scans blank or a few dots)."""
+    (a fixed threshold left 66 of the bench's 1,000 scans blank or a few dots)."""
     from bench import corpora
 
     rng = np.random.default_rng(0)

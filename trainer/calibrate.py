@@ -25,8 +25,8 @@ from trainer.synthetic import KINDS, not_digits, pen_digits
 #: 0.56% of the hard uploads (bench.uploads), over the 0.5% target (docs/benchmarks.md).
 REFUSE_DIGITS = 0.001
 #: Images of each group (validation digits as they are and degraded, pen digits, not-digits):
-#: at 2,000, the threshold was the 4th lowest of 4,000 hard digits' scores and moved by 2.1
-#: between two seeds of one recipe; at 5,000 (the 10th of 10,000), by 0.7 (docs/benchmarks.md).
+#: the threshold is a low quantile of the hard digits' scores, steadier from more of them
+#: (docs/benchmarks.md, "Typed letters and digits").
 CALIBRATION_COUNT = 5000
 #: The validation stream's key ("vali"): never one of training's streams.
 CALIBRATION_STREAM = 0x76616C69

@@ -105,7 +105,8 @@ def typed_fonts(config: TrainConfig, progress: Progress) -> list:
     if not fonts:
         progress.message("warning: no typed letters among the not-digits: no fonts in "
                          + ", ".join(map(str, typefaces.FONT_DIRS))
-                         + " (Debian: apt-get install fonts-dejavu-core fonts-liberation)")
+                         + " (Debian: apt-get install fonts-dejavu-core fonts-dejavu-extra "
+                           "fonts-liberation)")
         config.typed_letters = config.typed_digits = 0
     return fonts
 

@@ -53,9 +53,11 @@ def _missing_box(font) -> bytes:
     return np.asarray(font.getmask("\uFFFF")).tobytes()
 
 
-def has_glyph(font, char: str) -> bool:
-    """Whether ``font`` (a Pillow FreeType font) draws ``char`` as itself."""
-    return np.asarray(font.getmask(char)).tobytes() != _missing_box(font)
+def has_glyph(font, char: str, missing: bytes | None = None) -> bool:
+    """Whether ``font`` (a Pillow FreeType font) draws ``char`` as itself; ``missing``: its
+    ``_missing_box``, when the caller has it already."""
+    return np.asarray(font.getmask(char)).tobytes() != (
+        _missing_box(font) if missing is None else missing)
 
 
 def _glyph(char: str, font, rng: np.random.Generator) -> np.ndarray | None:
@@ -80,25 +82,26 @@ def _glyph(char: str, font, rng: np.random.Generator) -> np.ndarray | None:
     return ink if np.count_nonzero(ink > 0.5) >= 8 else None
 
 
-def _faces(fonts: list[Path]) -> list:
-    """Pillow's FreeType fonts of ``fonts`` at the rendering size."""
+def _faces(fonts: list[Path]) -> list[tuple]:
+    """(Pillow's FreeType font at the rendering size, its ``_missing_box``) of each of
+    ``fonts``."""
     from PIL import ImageFont
 
-    return [ImageFont.truetype(str(f), EM) for f in fonts]
+    faces = [ImageFont.truetype(str(f), EM) for f in fonts]
+    return [(face, _missing_box(face)) for face in faces]
 
 
-def _set(chars, rng: np.random.Generator, faces: list) -> np.ndarray:
-    """(len(chars), 28, 28) float32: each of ``chars`` set in a random one of ``faces`` that
-    has it (another when the font lacks it), framed as the server frames an upload. Every
-    char must be some face's own (``has_glyph``)."""
-    missing = [_missing_box(face) for face in faces]
+def _set(chars, rng: np.random.Generator, faces: list[tuple]) -> np.ndarray:
+    """(len(chars), 28, 28) float32: each of ``chars`` set in a random one of ``faces``
+    (``_faces``) that has it (another when the font lacks it), framed as the server frames an
+    upload. Every char must be some face's own (``has_glyph``)."""
     out = np.empty((len(chars), SIDE, SIDE), dtype=np.float32)
     for i, char in enumerate(chars):
         for _ in range(MAX_TRIES):
-            k = int(rng.integers(len(faces)))
-            if np.asarray(faces[k].getmask(char)).tobytes() == missing[k]:
-                continue  # no such glyph (has_glyph): the font would draw its "missing" box
-            ink = _glyph(char, faces[k], rng)
+            face, missing = faces[int(rng.integers(len(faces)))]
+            if not has_glyph(face, char, missing):
+                continue  # the font would draw its "missing" box
+            ink = _glyph(char, face, rng)
             if ink is not None:
                 break
         else:
@@ -111,7 +114,8 @@ def typed(n: int, rng: np.random.Generator, fonts: list[Path]) -> np.ndarray:
     """(n, 28, 28) float32: letters and symbols (half each, at random) set in ``fonts``, of
     those some font has; no fonts (or none with any of them): (0, 28, 28)."""
     faces = _faces(fonts) if n else []
-    pools = [p for p in ("".join(c for c in chars if any(has_glyph(f, c) for f in faces))
+    pools = [p for p in ("".join(c for c in chars
+                                 if any(has_glyph(f, c, m) for f, m in faces))
                          for chars in (LETTERS, SYMBOLS)) if p]
     if not pools:
         return np.zeros((0, SIDE, SIDE), dtype=np.float32)
@@ -124,8 +128,8 @@ def typed_digits(n: int, rng: np.random.Generator, fonts: list[Path]
     """(images (n, 28, 28) float32, labels (n,) int64): the digits 0-9 in turn set in those
     of ``fonts`` that have all ten, as ``typed`` sets letters, so that type's look does not
     say "not a digit"; no such fonts: none."""
-    faces = [f for f in (_faces(fonts) if n else [])
-             if all(has_glyph(f, str(d)) for d in range(10))]
+    faces = [(f, m) for f, m in (_faces(fonts) if n else [])
+             if all(has_glyph(f, str(d), m) for d in range(10))]
     labels = np.arange(n if faces else 0, dtype=np.int64) % 10
     if not faces:
         return np.zeros((0, SIDE, SIDE), dtype=np.float32), labels
