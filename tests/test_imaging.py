@@ -345,6 +345,36 @@ def test_small_scans_uploaded_as_they_are_are_read(reference, side, threshold):
     assert _correlation(result, reference) > 0.75
 
 
+@pytest.mark.parametrize("side", [8, 10, 12])
+@pytest.mark.parametrize("threshold", [None, 160])
+def test_a_1_scanned_small_and_cropped_to_its_stroke_is_read(side, threshold):
+    """A 1 scanned at 8-12 pixels tall and cropped to its stroke is a picture 2-3 pixels
+    wide: a digit, not a speck (such pictures were refused outright, 14 of the bench's 1,000
+    scans on one seed). Framed, it is MNIST's upright bar."""
+    pen = Image.new("L", (40, 120), 255)
+    ImageDraw.Draw(pen).line([(26, 8), (14, 112)], fill=0, width=12)  # slanted a little
+    pen = _tight(pen)
+    small = pen.resize((max(2, round(side * pen.width / pen.height)), side), Image.Resampling.BOX)
+    if threshold is not None:
+        small = small.point(lambda v: 0 if v < threshold else 255)
+    assert small.width in (2, 3)
+    result = to_mnist(encode(small))
+    rows, cols = np.nonzero(result > 0.5)
+    assert rows.max() - rows.min() + 1 >= 18 and cols.max() - cols.min() + 1 <= 6
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_a_picture_needs_the_height_of_a_digit_and_two_columns(width):
+    """The narrow picture's limits: a single column of pixels holds no digit (a rule, a
+    sliver), nor does a picture under MIN_HEIGHT tall, however wide."""
+    bar = Image.new("L", (width, 12), 0)
+    if width == 1:
+        with pytest.raises(imaging.NoDigitFound):
+            to_mnist(encode(Image.new("L", (1, 12), 0)))
+    with pytest.raises(imaging.NoDigitFound):
+        to_mnist(encode(bar.resize((12, 3))))
+
+
 @pytest.mark.parametrize("side", [9, 11])
 @pytest.mark.parametrize("enlarge", [None, "NEAREST", "BILINEAR"])
 def test_thin_ink_along_the_border_of_a_small_scan_keeps_its_polarity(reference, side, enlarge):

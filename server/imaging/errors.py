@@ -45,7 +45,7 @@ class ImageTooLarge(ImageError):  # noqa: N818 - the API's names for the answers
 
 class NoDigitFound(ImageError):  # noqa: N818 - the API's names for the answers
     """Nothing that looks like a digit on paper: a blank or uniformly inked image, or too
-    little ink to be a digit (a speck, a thin rule, a picture a few pixels across)."""
+    little ink to be a digit (a speck, a thin rule, a picture under 4 pixels tall or 2 wide)."""
 
     code = "no_digit_found"
 

@@ -18,11 +18,13 @@ from server.imaging.errors import NoDigitFound
 # all of MNIST's test digits do): the pipeline's scaling would change it by less than 0.05.
 MNIST_INK = 0.95
 # What a digit needs, at least: ink MIN_HEIGHT pixels tall (of the picture the pipeline works
-# on) in a picture at least that size both ways, and no more than MAX_ASPECT times wider than
-# tall (MNIST's widest digits are 2.2 times their height). A lit pixel, a speck, a hairline
-# rule along an edge or a picture a few pixels across holds no digit, whatever the model would
-# answer for it.
+# on) in a picture at least that tall and MIN_WIDTH wide, and no more than MAX_ASPECT times
+# wider than tall (MNIST's widest digits are 2.2 times their height). A lit pixel, a speck, a
+# hairline rule along an edge, a picture a few pixels tall or a single column of pixels holds
+# no digit, whatever the model would answer for it. A narrow picture may: a 1 scanned at
+# 8-16 px and cropped to its ink is 2-3 px wide (docs/benchmarks.md).
 MIN_HEIGHT = 4
+MIN_WIDTH = 2
 MAX_ASPECT = 4.0
 
 
@@ -49,8 +51,9 @@ def digit_shaped(crop: np.ndarray) -> bool:
 
 
 def check_picture(size: tuple[int, int]) -> None:
-    """NoDigitFound for a picture (width, height) under MIN_HEIGHT pixels either way."""
-    if min(size) < MIN_HEIGHT:
+    """NoDigitFound for a picture (width, height) under MIN_HEIGHT pixels tall or MIN_WIDTH
+    wide."""
+    if size[0] < MIN_WIDTH or size[1] < MIN_HEIGHT:
         raise NoDigitFound()
 
 
