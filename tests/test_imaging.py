@@ -272,6 +272,19 @@ def test_photo_of_a_sheet_lying_on_a_table(reference, table):
     assert_close(image, reference_rotated, 0.05, f"sheet on a table of grey {table}")
 
 
+@pytest.mark.parametrize("table", [30, 120])
+def test_a_sheet_held_by_a_thumb_is_still_a_sheet(table):
+    """A thumb over the sheet's edge makes the sheet's outline concave, like a fat digit's;
+    its writing is still pen strokes, and read as the sheet's ink, even in ink as dark as the
+    table around it."""
+    photo = Image.new("L", (360, 320), table)
+    sheet = draw_digit((300, 260), (90, 40, 210, 220), width=18, ink=35, paper=210)
+    photo.paste(sheet.rotate(8, expand=True, fillcolor=table), (20, 20))
+    ImageDraw.Draw(photo).ellipse((150, 0, 210, 70), fill=table)
+    expected = to_mnist(encode(sheet.rotate(8, expand=True, fillcolor=210)))
+    assert _correlation(to_mnist(encode(photo)), expected) > 0.95
+
+
 def test_tightly_cropped_fat_digit_is_not_taken_for_a_sheet(reference):
     """A digit whose ink covers most of a tight crop is still ink, not paper."""
     fat = draw_digit((100, 100), (10, 8, 90, 92), strokes=[[(20, 25), (80, 25), (45, 85)]],
@@ -281,6 +294,31 @@ def test_tightly_cropped_fat_digit_is_not_taken_for_a_sheet(reference):
     image = to_mnist(encode(fat))
     # a 7 however fat (taken for a sheet, the paper would come out as ink: correlation <= 0)
     assert np.corrcoef(image.ravel(), reference.ravel())[0, 1] > 0.5
+
+
+def _fat_eight(size: tuple[int, int], ring: int, paper: int) -> Image.Image:
+    """A marker-fat 8 filling most of its picture: two stacked rings ``ring`` px thick, whose
+    counters are narrow ovals of paper."""
+    w, h = size
+    image = Image.new("L", size, paper)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((w * 0.1, h * 0.04, w * 0.9, h * 0.5), outline=25, width=ring)
+    draw.ellipse((w * 0.06, h * 0.44, w * 0.94, h * 0.96), outline=25, width=ring)
+    return image
+
+
+@pytest.mark.parametrize("paper", [150, 235])
+@pytest.mark.parametrize("size", [(170, 260), (340, 520)])
+def test_a_fat_digit_filling_its_picture_is_not_taken_for_a_sheet(size, paper):
+    """Dark ink is most of the picture and the paper shows around it and through its counters:
+    a dark sheet on a lighter table, with the counters for its writing, was what the paper
+    stage saw (a fat 8 read as two dots). The region is not convex and what is inside it is
+    no pen's stroke: it is a digit, its two counters holes in the ink."""
+    image = _fat_eight(size, ring=round(size[0] / 3.2), paper=paper)
+    assert np.mean(np.asarray(image) < 128) > 0.5
+    result = to_mnist(encode(image))
+    pieces, holes = imaging.label(result > 0.4)[1], imaging.label(result <= 0.4)[1]
+    assert (pieces, holes) == (1, 3), "an 8: one piece of ink, the outside and two counters"
 
 
 # --- tight crops, low-resolution scans, the hard corpus ------------------------------------

@@ -19,6 +19,15 @@ NOISY = 0.06
 # mid-grey is a table or a wall in a photo, and choosing by it answered more photos).
 FLAT = 0.02
 EXTREME = 0.2
+# A fat digit filling its picture is not a sheet (``_fat_digit``): its region, counters
+# filled, leaves more than CONCAVE of its area out of its rows' and columns' spans (sheets 0,
+# a thumb over a sheet's edge ~0.02, fat 6s, 8s and 9s 0.014-0.062); what is inside it is
+# within SAME_PAPER of the border's grey level; and it is broader than a pen's stroke, wider
+# than COUNTER of the map's short side (writing on a sheet 0.039-0.056, counters
+# 0.076-0.097). Measured: docs/benchmarks.md.
+CONCAVE = 0.01
+SAME_PAPER = 0.05
+COUNTER = 0.065
 
 
 def composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -81,18 +90,45 @@ def _find_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     low = edge.min()
     if low == edge.max() and 2 * np.count_nonzero(small == low) > small.size:
         return border, False  # both medians are that level (a clean scan, a canvas, MNIST)
-    level = arrays.median(small.reshape(-1))
-    if abs(arrays.median(edge) - level) > 0.1:
+    level, around = arrays.median(small.reshape(-1)), arrays.median(edge)
+    if abs(around - level) > 0.1:
         near = np.abs(small - level) < 0.1
         # a sheet is a broad region; a fat digit filling a tight crop, a ring around its
         # counter, is narrower: 0.24 lies between the two (docs/benchmarks.md)
         if near.mean() > 0.5 and arrays.stroke_width(near) > 0.24 * min(small.shape):
             labels, _ = arrays.label(~near)
             edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-            inside = np.count_nonzero(~np.isin(labels, edge))
-            if inside > 0.005 * small.size:
+            inside = (labels > 0) & ~np.isin(labels, edge)  # 0: the region itself
+            if np.count_nonzero(inside) > 0.005 * small.size and not _fat_digit(
+                    near, inside, abs(arrays.median(small[inside]) - around)):
                 return np.flatnonzero(np.abs(gray - level) < 0.1), True
     return border, False
+
+
+def _fat_digit(near: np.ndarray, inside: np.ndarray, contrast: float) -> bool:
+    """Whether a broad region of one grey level (``near``) with something ``inside`` it, of a
+    grey level ``contrast`` away from the picture's border, is a fat digit, its counters
+    inside, rather than a sheet with writing on it.
+
+    A sheet is convex (a rectangle, turned, in perspective); its writing is strokes, and the
+    sheet's ink, whose level is the table's only by chance. A fat digit that fills its
+    picture is not convex (the opening of a 6 or a 9, the waist of an 8), and its counters
+    are broad and show the paper around it. Taken for a sheet, that paper was read as the
+    ink: a fat 8 came out as two dots (docs/benchmarks.md).
+    """
+    if contrast >= SAME_PAPER or arrays.stroke_width(inside) <= COUNTER * min(near.shape):
+        return False
+    region = near | inside
+    h, w = region.shape
+    rows, cols = region.any(axis=1), region.any(axis=0)
+    # the region with every row and every column filled between its first and last pixel:
+    # what that adds is its concavity
+    xs, ys = np.arange(w), np.arange(h)
+    first, last = region.argmax(axis=1), w - 1 - region[:, ::-1].argmax(axis=1)
+    filled = (xs >= first[:, None]) & (xs <= last[:, None]) & rows[:, None]
+    first, last = region.argmax(axis=0), h - 1 - region[::-1].argmax(axis=0)
+    filled |= (ys[:, None] >= first) & (ys[:, None] <= last) & cols
+    return np.count_nonzero(filled & ~region) > CONCAVE * np.count_nonzero(region)
 
 
 def _design(sample: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
