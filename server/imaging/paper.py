@@ -57,7 +57,8 @@ def composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def extract_ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """Ink strength in [0, 1], 0 on paper, whatever the polarity; and whether it is framed."""
-    paper, framed = _find_paper(gray)
+    paper, dark = _find_paper(gray)
+    framed = dark is not None
     plane, sigma = _paper_plane(gray, paper)
     if sigma > NOISY and not framed:
         plane, sigma = _paper_beyond_ink(gray, plane, sigma)
@@ -65,18 +66,14 @@ def extract_ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     ink = gray - plane if isinstance(plane, float) else np.subtract(gray, plane, out=plane)
     # noise threshold: a few sigmas of the paper's residual noise, never below ~3 grey levels
     threshold = max(4.0 * sigma, 0.01)
-    box = None
-    if framed:  # decide the polarity on the sheet, not on the table around it
-        rows, cols = np.divmod(paper, gray.shape[1])
-        box = (int(rows[0]), int(rows[-1]) + 1, int(cols.min()), int(cols.max()) + 1)
-    if _darker_ink(ink, threshold, box):
+    if dark if framed else _darker_ink(ink, threshold):
         np.negative(ink, out=ink)
     return _scale_ink(ink, threshold), framed
 
 
-def _find_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Flat indices of pixels that show bare paper, and whether the paper is a sheet framed by
-    something else.
+def _find_paper(gray: np.ndarray) -> tuple[np.ndarray, bool | None]:
+    """Flat indices of pixels that show bare paper; and when the paper is a sheet framed by
+    something else, whether the writing on it is darker than the sheet (None: not a sheet).
 
     Usually the border is paper. In a photo of a sheet lying on a table the border is the
     table; then the paper is the picture's dominant grey level, one broad region with the
@@ -89,7 +86,7 @@ def _find_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     edge = gray.reshape(-1)[border]
     low = edge.min()
     if low == edge.max() and 2 * np.count_nonzero(small == low) > small.size:
-        return border, False  # both medians are that level (a clean scan, a canvas, MNIST)
+        return border, None  # both medians are that level (a clean scan, a canvas, MNIST)
     level, around = arrays.median(small.reshape(-1)), arrays.median(edge)
     if abs(around - level) > 0.1:
         near = np.abs(small - level) < 0.1
@@ -99,10 +96,12 @@ def _find_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
             labels, _ = arrays.label(~near)
             edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
             inside = (labels > 0) & ~np.isin(labels, edge)  # 0: the region itself
-            if np.count_nonzero(inside) > 0.005 * small.size and not _fat_digit(
-                    near, inside, abs(arrays.median(small[inside]) - around)):
-                return np.flatnonzero(np.abs(gray - level) < 0.1), True
-    return border, False
+            if np.count_nonzero(inside) > 0.005 * small.size:
+                writing = arrays.median(small[inside])
+                if not _fat_digit(near, inside, abs(writing - around)):
+                    # the polarity is the writing's against the sheet, whatever the table's
+                    return np.flatnonzero(np.abs(gray - level) < 0.1), writing < level
+    return border, None
 
 
 def _fat_digit(near: np.ndarray, inside: np.ndarray, contrast: float) -> bool:
@@ -270,17 +269,12 @@ def _flat_paper(values: np.ndarray) -> float | None:
     return None
 
 
-def _darker_ink(deviation: np.ndarray, threshold: float, box: tuple | None = None) -> bool:
+def _darker_ink(deviation: np.ndarray, threshold: float) -> bool:
     """Whether the ink is darker than the paper: more of the smoothed deviation lies beyond the
-    threshold below the paper than above it, within ``box`` (top, bottom, left, right)."""
-    h, w = deviation.shape
-    top, bottom, left, right = box or (0, h, 0, w)
-    if float(deviation[top:bottom, left:right].min()) >= -threshold:
+    threshold below the paper than above it."""
+    if float(deviation.min()) >= -threshold:
         return False  # nothing below: skip the smoothing (a mean of values >= -t is >= -t)
-    # smooth with one pixel of context around the box, as over the whole picture
-    y0, x0 = max(top - 1, 0), max(left - 1, 0)
-    smooth = arrays.box3(deviation[y0:bottom + 1, x0:right + 1])
-    smooth = smooth[top - y0:bottom - y0, left - x0:right - x0]
+    smooth = arrays.box3(deviation)
     # brighter - darker = sum(clip(s - t, 0)) - sum(clip(-s - t, 0)) = sum(s - clip(s, -t, t))
     excess = np.maximum(smooth, -threshold)  # np.clip, without its Python layers
     np.minimum(excess, threshold, out=excess)
