@@ -21,7 +21,7 @@ FLAT = 0.02
 EXTREME = 0.2
 # A fat digit filling its picture is not a sheet (``_fat_digit``): its region, counters
 # filled, leaves more than CONCAVE of its area out of its rows' and columns' spans (sheets 0,
-# a thumb over a sheet's edge ~0.02, fat 6s, 8s and 9s 0.014-0.062); what is inside it is
+# a thumb over a sheet's edge 0.015-0.017, fat 6s, 8s and 9s 0.014-0.062); what is inside it is
 # within SAME_PAPER of the border's grey level; and it is broader than a pen's stroke, wider
 # than COUNTER of the map's short side (writing on a sheet 0.039-0.056, counters
 # 0.076-0.097). Measured: docs/benchmarks.md.
