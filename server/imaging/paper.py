@@ -66,7 +66,9 @@ def extract_ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     ink = gray - plane if isinstance(plane, float) else np.subtract(gray, plane, out=plane)
     # noise threshold: a few sigmas of the paper's residual noise, never below ~3 grey levels
     threshold = max(4.0 * sigma, 0.01)
-    if dark if framed else _darker_ink(ink, threshold):
+    if dark is None:  # not a sheet (on one, _find_paper decided from the writing)
+        dark = _darker_ink(ink, threshold)
+    if dark:
         np.negative(ink, out=ink)
     return _scale_ink(ink, threshold), framed
 
