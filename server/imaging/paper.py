@@ -20,11 +20,11 @@ NOISY = 0.06
 FLAT = 0.02
 EXTREME = 0.2
 # A fat digit filling its picture is not a sheet (``_fat_digit``): its region, counters
-# filled, leaves more than CONCAVE of its area out of its rows' and columns' spans (sheets 0,
-# a thumb over a sheet's edge 0.015-0.017, fat 6s, 8s and 9s 0.014-0.062); what is inside it is
-# within SAME_PAPER of the border's grey level; and it is broader than a pen's stroke, wider
-# than COUNTER of the map's short side (writing on a sheet 0.039-0.056, counters
-# 0.076-0.097). Measured: docs/benchmarks.md.
+# filled, leaves more than CONCAVE of its area out of its rows' and columns' spans (a sheet
+# is convex); what is inside it is within SAME_PAPER of the border's grey level (its counters
+# show the paper around it); and that is broader than a pen's stroke, wider than COUNTER of
+# the map's short side. Each measured on sheets, a thumb over one and fat 6s, 8s and 9s:
+# docs/benchmarks.md ("Narrow pictures and fat digits").
 CONCAVE = 0.01
 SAME_PAPER = 0.05
 COUNTER = 0.065
