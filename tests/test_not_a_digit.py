@@ -181,6 +181,31 @@ def test_a_trained_model_refuses_font_letters_and_keeps_mnist_digits(not_a_digit
     assert np.mean(predicted == test.labels[:300]) >= 0.9
 
 
+def test_a_larger_refuse_digits_share_is_a_stricter_decision(not_a_digit_model_path, mnist_dir):
+    """--refuse-digits: the threshold refuses that share of the degraded and pen-drawn
+    digits, and a larger share refuses more of every kind of not-digit with them."""
+    from models.decision import scores
+    from trainer.calibrate import calibrate, calibration_set, logits_of
+    from trainer.data import load_idx_dir
+
+    module, metadata = load(not_a_digit_model_path)
+    val = load_idx_dir(mnist_dir).val
+    data = calibration_set(val.images, val.labels, seed=5, count=1000)
+    hard = ("blocky", "lowres", "binary", "blur", "pen")
+    decided = {share: calibrate(module, data, metadata["preprocessing"], share)
+               for share in (0.001, 0.05)}
+    (loose, loose_report), (strict, strict_report) = decided[0.001], decided[0.05]
+    assert strict.threshold > loose.threshold
+    logits = logits_of(module, data.images, metadata["preprocessing"])
+    digits = np.isin(data.groups, hard)
+    assert np.mean(~scores(logits, strict).is_digit[digits]) == pytest.approx(0.05, abs=0.002)
+    assert np.mean(~scores(logits, loose).is_digit[digits]) <= 0.002
+    kinds = [k for k in strict_report["refused"] if k.startswith("not:")]
+    assert all(strict_report["refused"][k] >= loose_report["refused"][k] for k in kinds)
+    assert sum(strict_report["refused"][k] for k in kinds) > sum(
+        loose_report["refused"][k] for k in kinds)
+
+
 def test_the_benchmark_keeps_styles_out_of_tuning():
     """Every not-digit of the benchmark's corpus says whether its style (font family, letter,
     doodle, photo scene, clothing class, noise) is one tuning may look at or a held-out one."""

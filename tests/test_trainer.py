@@ -282,6 +282,9 @@ def test_progress_bar_on_a_terminal():
         (["--threads", "-1"], "--threads: must be >= 0"),
         (["--checkpoint-dir", "{synth}/t10k-labels-idx1-ubyte.gz"], "--checkpoint-dir"),
         (["--not-digits", "0", "--clothes", "10"], "--clothes adds pictures of clothes"),
+        (["--refuse-digits", "0"], "--refuse-digits: must be in (0, 0.5)"),
+        (["--refuse-digits", "0.5"], "--refuse-digits: must be in (0, 0.5)"),
+        (["--not-digits", "0", "--refuse-digits", "0.01"], "it needs --not-digits N"),
         (["--dataset", "fashion-mnist", "--typeset-digits", "10"], "has no digits"),
     ],
 )
@@ -320,6 +323,15 @@ def test_clothes_come_from_fashion_mnist_or_a_warning_says_there_are_none(tmp_pa
     assert meta["training"]["clothes"] == 20 and meta["training"]["train_images"] == 470
     assert meta["training"]["typeset_digits"] == 10
     assert "warning" not in capsys.readouterr().out
+
+    # a stricter decision for the same run: resuming the finished run re-decides, no training
+    assert run(tmp_path, synth_dir, *flags, "--pen-digits", "10", "--typeset-digits", "10",
+               "--resume", "--refuse-digits", "0.2", out="strict.npz") == 0
+    strict = load(tmp_path / "strict.npz")[1]
+    assert strict["training"]["refuse_digits"] == 0.2 and meta["training"]["refuse_digits"] == 0.001
+    assert strict["decision"]["threshold"] > meta["decision"]["threshold"]
+    assert_same_arrays(arrays_of(tmp_path / "strict.npz"), arrays_of(tmp_path / "model.npz"))
+    capsys.readouterr()
 
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     assert run(tmp_path, synth_dir, *flags, out="without.npz", ckpt="ck2") == 0

@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     hyper(train, "--typed-digits", "digits set in the same fonts added to the training set "
                                    "(without those fonts, none) (default: a sixth of --not-digits)",
           type=_non_negative_int, metavar="N")
+    hyper(train, "--refuse-digits", "share of degraded and pen-drawn validation digits the "
+                                    "\"not a digit\" threshold may refuse: larger is a "
+                                    "stricter model, refusing more doodles and photos and more "
+                                    "real digits (needs --not-digits; default: 0.001)",
+          type=_float_in(0, 0.5, low_open=True), metavar="SHARE")
     hyper(train, "--patience", "stop after N epochs without a better validation accuracy "
                                "(0: never)", type=_non_negative_int, metavar="N")
     hyper(train, "--seed", "same seed and flags give identical parameter arrays",
@@ -245,6 +250,9 @@ def parse(argv: list[str]) -> Job:
         if value and not config.not_digits:
             raise UsageError(f"{flag} adds {what} as not-digits: it needs --not-digits N "
                              "(N > 0)")
+    if "refuse_digits" in given and not config.not_digits:
+        raise UsageError("--refuse-digits sets the threshold of the \"not a digit\" decision: "
+                         "it needs --not-digits N (N > 0)")
     if (config.not_digits or config.pen_digits or config.typeset_digits
             or config.typed_digits) and (
             config.dataset != "mnist"):

@@ -219,7 +219,8 @@ def export(session: Session, data: MNIST, preprocessing: dict, train_images: int
     decision, calibration = None, {}
     if config.not_digits:
         decision, calibration = calibrate(
-            model, calibration_set(data.val.images, data.val.labels, config.seed), preprocessing)
+            model, calibration_set(data.val.images, data.val.labels, config.seed), preprocessing,
+            config.refuse_digits)
     test = scores(logits_of(model, data.test.images, preprocessing), decision)
     predictions = test.probabilities.argmax(axis=1)
     right = predictions == data.test.labels
