@@ -483,6 +483,11 @@ def test_resume_refuses_other_hyper_parameters(tmp_path, synth_dir, capsys):
     assert run(tmp_path, synth_dir, "--resume", "--lr", "0.5", "--epochs", "2") == 2
     err = capsys.readouterr().err
     assert "--lr 0.5 (checkpoint: 0.05)" in err and "Traceback" not in err
+    # a ten-output checkpoint has no decision to make stricter (--not-digits not given again)
+    argv = ["--data-dir", str(synth_dir), "--out", str(tmp_path / "model.npz"),
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume", "--refuse-digits", "0.01"]
+    assert exit_status(argv) == 2
+    assert "the checkpoint's model has none" in capsys.readouterr().err
 
 
 def test_a_version_1_checkpoint_resumes_as_the_mlp_it_was(tmp_path, synth_dir):

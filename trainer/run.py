@@ -51,6 +51,9 @@ def resume_config(job: Job, checkpoint: Checkpoint, progress: Progress) -> Train
     for name in TrainConfig.RESUMABLE_CHANGES:
         if name in job.given:
             setattr(config, name, job.given[name])
+    if "refuse_digits" in job.given and not config.not_digits:
+        raise UsageError("--refuse-digits sets the threshold of the \"not a digit\" decision; "
+                         "the checkpoint's model has none (trained with --not-digits 0)")
     if config.epochs != current["epochs"] and (
         config.schedule == "cosine" or config.warmup_epochs
     ):
