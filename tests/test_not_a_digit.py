@@ -185,19 +185,18 @@ def test_a_larger_refuse_digits_share_is_a_stricter_decision(not_a_digit_model_p
     """--refuse-digits: the threshold refuses that share of the degraded and pen-drawn
     digits, and a larger share refuses more of every kind of not-digit with them."""
     from models.decision import scores
-    from trainer.calibrate import calibrate, calibration_set, logits_of
+    from trainer.calibrate import HARD_GROUPS, calibrate, calibration_set, logits_of
     from trainer.data import load_idx_dir
 
     module, metadata = load(not_a_digit_model_path)
     val = load_idx_dir(mnist_dir).val
     data = calibration_set(val.images, val.labels, seed=5, count=1000)
-    hard = ("blocky", "lowres", "binary", "blur", "pen")
     decided = {share: calibrate(module, data, metadata["preprocessing"], share)
                for share in (0.001, 0.05)}
     (loose, loose_report), (strict, strict_report) = decided[0.001], decided[0.05]
     assert strict.threshold > loose.threshold
     logits = logits_of(module, data.images, metadata["preprocessing"])
-    digits = np.isin(data.groups, hard)
+    digits = np.isin(data.groups, HARD_GROUPS)
     assert np.mean(~scores(logits, strict).is_digit[digits]) == pytest.approx(0.05, abs=0.002)
     assert np.mean(~scores(logits, loose).is_digit[digits]) <= 0.002
     kinds = [k for k in strict_report["refused"] if k.startswith("not:")]

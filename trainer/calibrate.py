@@ -22,6 +22,11 @@ from trainer.augment import lowres_matrix
 from trainer.config import DEFAULT_REFUSE_DIGITS
 from trainer.synthetic import KINDS, not_digits, pen_digits
 
+#: How ``degrade`` degrades validation digits, each image one way in turn.
+DEGRADATIONS = ("blocky", "lowres", "binary", "blur")
+#: The groups the threshold is set on, the degraded digits and the pen-drawn ones: uploads look
+#: like them, and refusing one is the worse mistake.
+HARD_GROUPS = (*DEGRADATIONS, "pen")
 #: Images of each group (validation digits as they are and degraded, pen digits, not-digits):
 #: the threshold is a low quantile of the hard digits' scores, steadier from more of them
 #: (docs/benchmarks.md, "Typed letters and digits").
@@ -47,7 +52,7 @@ def degrade(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, l
     out = np.empty_like(images)
     kinds = []
     for i, image in enumerate(images):
-        kind = ("blocky", "lowres", "binary", "blur")[i % 4]
+        kind = DEGRADATIONS[i % len(DEGRADATIONS)]
         if kind in ("blocky", "lowres"):
             m = lowres_matrix(int(rng.integers(8, 15)), nearest=kind == "blocky")
             image = m @ image @ m.T
@@ -113,7 +118,7 @@ def calibrate(model, data: CalibrationSet, preprocessing: dict,
     logits = logits_of(model, data.images, preprocessing)
     temperature = fit_temperature(logits, data.labels)
     odds = scores(logits, Decision(0.0, temperature)).digit_log_odds
-    hard = np.isin(data.groups, ["blocky", "lowres", "binary", "blur", "pen"])
+    hard = np.isin(data.groups, HARD_GROUPS)
     threshold = float(np.quantile(odds[hard], refuse_digits))
     decision = Decision(round(threshold, 4), round(temperature, 4))
     refused = ~scores(logits, decision).is_digit
