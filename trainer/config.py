@@ -51,9 +51,9 @@ DEFAULT_EPOCHS = {("mnist", "cnn"): 18}
 DEFAULT_CNN = {"mnist": {"channels": (8, 16), "hidden_dims": (120, 84)},
                "fashion-mnist": {"channels": (16, 32), "hidden_dims": (128,)}}
 #: Share of the degraded and pen-drawn validation digits the "not a digit" threshold may refuse
-#: (trainer.calibrate). 0.2% refused 0.56% of the hard uploads (bench.uploads), over the 0.5%
-#: target; a larger share is a stricter model, which refuses more doodles and photos and more
-#: digits with them (measured: docs/benchmarks.md, "How strict").
+#: (trainer.calibrate): the largest that keeps the hard uploads' refusals under the 0.5% target.
+#: A larger share is a stricter model, which refuses more doodles and photos and more digits
+#: with them (measured: docs/benchmarks.md, "Issue 21, first round" and "How strict").
 DEFAULT_REFUSE_DIGITS = 0.001
 #: What augmentation does, by data set: handwriting's variations for digits, shifts and mirror
 #: images for clothes.
