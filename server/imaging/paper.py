@@ -120,16 +120,18 @@ def _fat_digit(near: np.ndarray, inside: np.ndarray, contrast: float) -> bool:
     if contrast >= SAME_PAPER or arrays.stroke_width(inside) <= COUNTER * min(near.shape):
         return False
     region = near | inside
-    h, w = region.shape
-    rows, cols = region.any(axis=1), region.any(axis=0)
     # the region with every row and every column filled between its first and last pixel:
     # what that adds is its concavity
-    xs, ys = np.arange(w), np.arange(h)
-    first, last = region.argmax(axis=1), w - 1 - region[:, ::-1].argmax(axis=1)
-    filled = (xs >= first[:, None]) & (xs <= last[:, None]) & rows[:, None]
-    first, last = region.argmax(axis=0), h - 1 - region[::-1].argmax(axis=0)
-    filled |= (ys[:, None] >= first) & (ys[:, None] <= last) & cols
+    filled = _row_spans(region) | _row_spans(region.T).T
     return np.count_nonzero(filled & ~region) > CONCAVE * np.count_nonzero(region)
+
+
+def _row_spans(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with each row filled from its first set pixel to its last."""
+    w = mask.shape[1]
+    first, last = mask.argmax(axis=1), w - 1 - mask[:, ::-1].argmax(axis=1)
+    xs = np.arange(w)
+    return (xs >= first[:, None]) & (xs <= last[:, None]) & mask.any(axis=1)[:, None]
 
 
 def _design(sample: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
